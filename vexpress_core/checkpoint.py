@@ -1,0 +1,343 @@
+"""Loading the published V-Express model directory, strictly.
+
+Layout (a copy of Hugging Face `tk93/V-Express`'s `model_ckpts`):
+    v-express/{denoising_unet,motion_module,reference_net,v_kps_guider,audio_projection}.{bin,safetensors}
+    stable-diffusion-v1-5/unet/config.json
+    sd-vae-ft-mse/            (diffusers AutoencoderKL)
+    wav2vec2-base-960h/       (transformers Wav2Vec2Model + feature-extractor config)
+    insightface_models/       (optional)
+
+Networks are built on the meta device and the checkpoint tensors are assigned in place, so the
+full ~2.25 B parameters never exist twice in RAM. Every key and shape is checked; the one error
+names the file, the counts and the first offending keys.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+from .models import (
+    REFERENCE_NET_ABSENT_KEYS,
+    AudioProjection,
+    VExpressUNet,
+    VKpsGuider,
+    build_reference_net,
+    sinusoidal_position_code,
+)
+
+WEIGHT_NAMES = ("reference_net", "denoising_unet", "motion_module", "v_kps_guider", "audio_projection")
+MOTION_KEY = "motion_modules."
+POSITION_CODE_SUFFIX = "pos_encoder.pe"
+SHOWN_KEYS = 8
+
+
+class CheckpointError(ValueError):
+    """A model file is missing, unreadable or does not match the network."""
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    root: Path
+    weights: dict[str, Path]
+    unet_config: Path
+    vae: Path
+    wav2vec2: Path
+    insightface: Path
+
+
+@dataclass
+class VExpressModels:
+    reference_net: UNet2DConditionModel
+    denoising_unet: VExpressUNet
+    v_kps_guider: VKpsGuider
+    audio_projection: AudioProjection
+    vae: AutoencoderKL
+    audio_encoder: Wav2Vec2Model
+    feature_extractor: Wav2Vec2FeatureExtractor
+    paths: ModelPaths
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {
+            "reference_net": self.reference_net,
+            "denoising_unet": self.denoising_unet,
+            "v_kps_guider": self.v_kps_guider,
+            "audio_projection": self.audio_projection,
+            "vae": self.vae,
+            "audio_encoder": self.audio_encoder,
+        }
+
+
+def weight_file(folder: Path, name: str) -> Path | None:
+    for suffix in (".safetensors", ".bin"):
+        candidate = folder / f"{name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_model_paths(model_dir: str | Path, weights_dir: str | Path | None = None) -> ModelPaths:
+    """Locate every file of a model directory; `weights_dir` overrides where the five V-Express files live."""
+    root = Path(model_dir).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(f"model directory {root} does not exist (expected a copy of tk93/V-Express model_ckpts)")
+    folder = Path(weights_dir).expanduser() if weights_dir else root / "v-express"
+    weights: dict[str, Path] = {}
+    missing = []
+    for name in WEIGHT_NAMES:
+        found = weight_file(folder, name)
+        if found is None and name == "motion_module":
+            continue  # denoising_unet may carry the motion keys itself
+        if found is None:
+            missing.append(f"{name}.bin|.safetensors")
+        else:
+            weights[name] = found
+    paths = ModelPaths(
+        root=root,
+        weights=weights,
+        unet_config=root / "stable-diffusion-v1-5" / "unet" / "config.json",
+        vae=root / "sd-vae-ft-mse",
+        wav2vec2=root / "wav2vec2-base-960h",
+        insightface=root / "insightface_models",
+    )
+    for required in (paths.unet_config, paths.vae / "config.json", paths.wav2vec2 / "config.json"):
+        if not required.is_file():
+            missing.append(str(required.relative_to(root)))
+    if missing:
+        raise CheckpointError(f"model directory {root} is incomplete; missing: {', '.join(missing)} (in {folder} for the V-Express weights)")
+    return paths
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.bin` (torch.save, read with weights_only) or `.safetensors` file."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot be read as a weights-only state dict ({type(error).__name__}: {error})") from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return dict(state)
+
+
+def mismatch_report(source: str, expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor], ignored: Iterable[str] = ()) -> str | None:
+    """A description of missing, unexpected and wrongly shaped keys, or None when everything matches."""
+    ignored = set(ignored)
+    missing = [k for k in expected if k not in found and not k.endswith(POSITION_CODE_SUFFIX)]
+    unexpected = [k for k in found if k not in expected and k not in ignored]
+    wrong = [
+        f"{k} {tuple(found[k].shape)} != {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in found and tuple(found[k].shape) != tuple(shape)
+    ]
+    if not (missing or unexpected or wrong):
+        return None
+    parts = [f"{source} does not match the network ({len(found)} tensors in file, {len(expected)} expected):"]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            more = f" ... and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
+            parts.append(f"  {len(items)} {label}: {', '.join(items[:SHOWN_KEYS])}{more}")
+    return "\n".join(parts)
+
+
+def check_position_codes(source: str, state: Mapping[str, torch.Tensor]) -> None:
+    for key, value in state.items():
+        if key.endswith(POSITION_CODE_SUFFIX):
+            formula = sinusoidal_position_code(value.shape[1], value.shape[2])
+            if not torch.allclose(value.float(), formula, atol=1e-3):
+                raise CheckpointError(f"{source}: {key} is not the fixed sinusoidal position code")
+
+
+def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype,
+                   device: torch.device | str, ignored: Iterable[str] = ()) -> torch.nn.Module:
+    """Strictly check `state` against `model` (built on meta), then assign it in place."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    report = mismatch_report(source, expected, state, ignored)
+    if report:
+        raise CheckpointError(report)
+    check_position_codes(source, state)
+    converted = {}
+    for key in expected:
+        if key in state:
+            tensor = state[key]
+            # Position codes stay fp32 whatever the file holds, as the published buffers are.
+            target = torch.float32 if key.endswith(POSITION_CODE_SUFFIX) else dtype
+            converted[key] = tensor.to(device=device, dtype=target if tensor.is_floating_point() else tensor.dtype)
+    model.load_state_dict(converted, strict=False, assign=True)
+    for name, buffer in model.named_buffers():
+        if buffer.device.type == "meta":
+            raise CheckpointError(f"{source}: buffer {name} was neither in the file nor computable")
+        target = torch.float32 if name.endswith(POSITION_CODE_SUFFIX) else buffer.dtype
+        model.get_submodule(name.rsplit(".", 1)[0]).register_buffer(name.rsplit(".", 1)[1], buffer.to(device, target))
+    return model.eval().requires_grad_(False)
+
+
+def guider_config(state: Mapping[str, torch.Tensor]) -> dict:
+    """VKpsGuider config from tensor shapes: conv_in, then pairs of (same-width conv, stride-2 conv)."""
+    try:
+        channels = [state["conv_in.weight"].shape[0]]
+        index = 1
+        while f"blocks.{index}.weight" in state:
+            channels.append(state[f"blocks.{index}.weight"].shape[0])
+            index += 2
+        return {
+            "conditioning_embedding_channels": state["conv_out.weight"].shape[0],
+            "conditioning_channels": state["conv_in.weight"].shape[1],
+            "block_out_channels": tuple(channels),
+        }
+    except KeyError as error:
+        raise CheckpointError(f"v_kps_guider weights lack {error}") from error
+
+
+def audio_projection_config(state: Mapping[str, torch.Tensor], dim_head: int = 64) -> dict:
+    """AudioProjection config from tensor shapes. The head split cannot be read from shapes: 64-wide heads."""
+    try:
+        _, num_queries, dim = state["latents"].shape
+        max_seq_len, embedding_dim = state["pos_emb.weight"].shape
+        depth = sum(1 for key in state if key.startswith("layers.") and key.endswith(".0.to_q.weight"))
+        inner = state["layers.0.0.to_q.weight"].shape[0]
+        return {
+            "dim": dim,
+            "depth": depth,
+            "dim_head": dim_head,
+            "heads": inner // dim_head,
+            "num_queries": num_queries,
+            "embedding_dim": embedding_dim,
+            "output_dim": state["proj_out.weight"].shape[0],
+            "ff_mult": state["layers.0.1.1.weight"].shape[0] // dim,
+            "max_seq_len": max_seq_len,
+        }
+    except KeyError as error:
+        raise CheckpointError(f"audio_projection weights lack {error}") from error
+
+
+def read_unet_config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not a readable UNet config.json ({error})") from error
+
+
+def denoising_state(paths: ModelPaths) -> tuple[dict[str, torch.Tensor], str]:
+    """Denoising UNet tensors from denoising_unet (+ motion_module when present), and a label for errors."""
+    state = read_state_dict(paths.weights["denoising_unet"])
+    label = str(paths.weights["denoising_unet"])
+    if "motion_module" in paths.weights:
+        motion = read_state_dict(paths.weights["motion_module"])
+        stray = [k for k in motion if MOTION_KEY not in k]
+        if stray:
+            raise CheckpointError(f"{paths.weights['motion_module']}: {len(stray)} keys are not motion-module keys, e.g. {stray[:SHOWN_KEYS]}")
+        state.update(motion)
+        label += f" + {paths.weights['motion_module']}"
+    return state, label
+
+
+def build_networks(unet_config: Mapping, guider_cfg: Mapping, projection_cfg: Mapping, motion_max_len: int = 32):
+    """The four V-Express networks with empty (meta) parameters."""
+    with init_empty_weights():
+        return (
+            build_reference_net(unet_config),
+            VExpressUNet.from_unet2d_config(unet_config, motion_max_len=motion_max_len),
+            VKpsGuider(**guider_cfg),
+            AudioProjection(**projection_cfg),
+        )
+
+
+def motion_max_len(state: Mapping[str, torch.Tensor]) -> int:
+    lengths = {v.shape[1] for k, v in state.items() if k.endswith(POSITION_CODE_SUFFIX)}
+    return lengths.pop() if len(lengths) == 1 else 32
+
+
+def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    """(reference_net, denoising_unet, v_kps_guider, audio_projection), strictly loaded."""
+    unet_config = read_unet_config(paths.unet_config)
+    guider_state = read_state_dict(paths.weights["v_kps_guider"])
+    projection_state = read_state_dict(paths.weights["audio_projection"])
+    unet_state, unet_label = denoising_state(paths)
+    reference, unet, guider, projection = build_networks(
+        unet_config, guider_config(guider_state), audio_projection_config(projection_state), motion_max_len(unet_state)
+    )
+    reference = assign_weights(reference, read_state_dict(paths.weights["reference_net"]), str(paths.weights["reference_net"]),
+                               dtype, device, ignored=REFERENCE_NET_ABSENT_KEYS)
+    unet = assign_weights(unet, unet_state, unet_label, dtype, device)
+    del unet_state
+    guider = assign_weights(guider, guider_state, str(paths.weights["v_kps_guider"]), dtype, device)
+    projection = assign_weights(projection, projection_state, str(paths.weights["audio_projection"]), dtype, device)
+    return reference, unet, guider, projection
+
+
+def load_models(model_dir: str | Path, weights_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu") -> VExpressModels:
+    """Every network of a published-layout model directory, strictly checked, in `dtype` on `device`."""
+    paths = resolve_model_paths(model_dir, weights_dir)
+    reference, unet, guider, projection = load_vexpress_networks(paths, dtype, device)
+    try:
+        vae = AutoencoderKL.from_pretrained(paths.vae, torch_dtype=dtype, local_files_only=True).to(device).eval()
+        encoder = Wav2Vec2Model.from_pretrained(paths.wav2vec2, torch_dtype=dtype, local_files_only=True).to(device).eval()
+        extractor = Wav2Vec2FeatureExtractor.from_pretrained(paths.wav2vec2, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{paths.root}: cannot load the VAE or wav2vec2 folders ({error})") from error
+    return VExpressModels(reference, unet, guider, projection, vae.requires_grad_(False), encoder.requires_grad_(False),
+                          extractor, paths, dtype, torch.device(device))
+
+
+def split_weights(networks: Mapping[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+    """The five published files' state dicts from the four networks (motion keys in their own file)."""
+    unet_state = networks["denoising_unet"].state_dict()
+    return {
+        "reference_net": networks["reference_net"].state_dict(),
+        "denoising_unet": {k: v for k, v in unet_state.items() if MOTION_KEY not in k},
+        "motion_module": {k: v for k, v in unet_state.items() if MOTION_KEY in k},
+        "v_kps_guider": networks["v_kps_guider"].state_dict(),
+        "audio_projection": networks["audio_projection"].state_dict(),
+    }
+
+
+def cast_state(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    def cast(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        keep = dtype is None or not tensor.is_floating_point() or key.endswith(POSITION_CODE_SUFFIX)
+        return (tensor if keep else tensor.to(dtype)).detach().cpu().contiguous()
+
+    return {key: cast(key, tensor) for key, tensor in state.items()}
+
+
+def save_weights(states: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, dtype: torch.dtype | None = None,
+                 fmt: str = "safetensors") -> list[Path]:
+    """Write the five files to `out_dir` as safetensors (or `.bin` via torch.save)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, state in states.items():
+        target = out / f"{name}.{fmt if fmt == 'safetensors' else 'bin'}"
+        tmp = target.with_name(target.name + ".tmp")
+        tensors = cast_state(state, dtype)
+        if fmt == "safetensors":
+            save_file(tensors, str(tmp))
+        else:
+            torch.save(tensors, tmp)
+        tmp.replace(target)
+        written.append(target)
+    return written
+
+
+def convert_weights(src_dir: str | Path, dst_dir: str | Path, dtype: torch.dtype | None = None,
+                    log: Callable[[str], None] = print) -> list[Path]:
+    """Check the five V-Express files of `src_dir` strictly and write them to `dst_dir` as safetensors."""
+    paths = resolve_model_paths(src_dir)
+    networks = dict(zip(("reference_net", "denoising_unet", "v_kps_guider", "audio_projection"), load_vexpress_networks(paths)))
+    written = save_weights(split_weights(networks), dst_dir, dtype)
+    for path in written:
+        log(f"wrote {path}")
+    return written

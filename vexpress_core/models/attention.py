@@ -1,0 +1,73 @@
+"""Spatial transformer of the V-Express denoising UNet.
+
+Each block is diffusers' `BasicTransformerBlock` plus a reference attention (`norm1_5`/`attn1_5`,
+the published key names) placed between the self-attention and the audio cross-attention. The
+reference feature and both weights are explicit arguments of `forward`, so nothing is patched.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+
+class VExpressTransformerBlock(BasicTransformerBlock):
+    """self-attention -> reference attention (x w_ref) -> audio attention (x w_audio) -> feed-forward."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, cross_attention_dim: int):
+        super().__init__(
+            dim,
+            num_attention_heads,
+            attention_head_dim,
+            cross_attention_dim=cross_attention_dim,
+            activation_fn="geglu",
+        )
+        self.norm1_5 = nn.LayerNorm(dim)
+        self.attn1_5 = Attention(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        reference_feature: torch.Tensor,
+        reference_weight: float = 1.0,
+        audio_weight: float = 1.0,
+    ) -> torch.Tensor:
+        norm_hidden = self.norm1(hidden_states)
+        hidden_states = hidden_states + self.attn1(norm_hidden)
+        reference_out = self.attn1_5(self.norm1_5(hidden_states), encoder_hidden_states=reference_feature)
+        hidden_states = hidden_states + reference_weight * reference_out
+        audio_out = self.attn2(self.norm2(hidden_states), encoder_hidden_states=audio_tokens)
+        hidden_states = hidden_states + audio_weight * audio_out
+        return hidden_states + self.ff(self.norm3(hidden_states))
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm -> 1x1 proj_in -> V-Express blocks -> 1x1 proj_out, residual; on (B*F, C, H, W)."""
+
+    def __init__(self, channels: int, num_heads: int, cross_attention_dim: int, norm_num_groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
+        self.transformer_blocks = nn.ModuleList(
+            [VExpressTransformerBlock(channels, num_heads, channels // num_heads, cross_attention_dim)]
+        )
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        reference_features: list[torch.Tensor],
+        reference_weight: float,
+        audio_weight: float,
+    ) -> torch.Tensor:
+        batch, channels, height, width = hidden_states.shape
+        residual = hidden_states
+        hidden_states = self.proj_in(self.norm(hidden_states))
+        hidden_states = hidden_states.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        for block, reference_feature in zip(self.transformer_blocks, reference_features):
+            hidden_states = block(hidden_states, audio_tokens, reference_feature, reference_weight, audio_weight)
+        hidden_states = hidden_states.reshape(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
+        return self.proj_out(hidden_states) + residual

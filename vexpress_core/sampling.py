@@ -1,0 +1,216 @@
+"""Sampling: classifier-free guidance over context windows, one scheduler step over all frames.
+
+The model call is composed as `guided(windowed(unet))`-style pure pieces:
+  * `context_windows` is a pure function of (length, size, overlap);
+  * `blend_weights` comes from a registry of fuse schedules (`mean` = published, `ramp`);
+  * `GuidedDenoiser` runs the conditional and unconditional branches of many windows in one batch;
+  * `sample` asks the denoiser for every frame's prediction, then steps any diffusers scheduler once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+MAX_CONTEXT_FRAMES = 32
+
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "steps_offset": 1,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
+
+SCHEDULERS = {
+    "ddim": lambda: DDIMScheduler(**SCHEDULER_CONFIG),
+    "dpmpp": lambda: DPMSolverMultistepScheduler(
+        **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"},
+        algorithm_type="dpmsolver++", final_sigmas_type="zero",
+    ),
+    "euler": lambda: EulerDiscreteScheduler(
+        **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}, final_sigmas_type="zero"
+    ),
+}
+
+
+class Cancelled(RuntimeError):
+    """Raised when the cancel check asks the sampler to stop."""
+
+
+def make_scheduler(name: str = "ddim"):
+    try:
+        return SCHEDULERS[name]()
+    except KeyError:
+        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}") from None
+
+
+def check_context(context_frames: int, context_overlap: int) -> None:
+    if not 1 <= context_frames <= MAX_CONTEXT_FRAMES:
+        raise ValueError(f"context_frames must be in 1..{MAX_CONTEXT_FRAMES} (the motion modules' position code), got {context_frames}")
+    if not 0 <= context_overlap < context_frames:
+        raise ValueError(f"context_overlap must be in 0..context_frames-1 ({context_frames - 1}), got {context_overlap}")
+
+
+def context_windows(num_frames: int, context_frames: int = 24, context_overlap: int = 4) -> list[list[int]]:
+    """Windows of `context_frames` consecutive frames, `context_overlap` shared between neighbours,
+    covering every frame; the last window is aligned to the end. Where the length fits the published
+    schedule (a whole number of windows) the windows are exactly the published ones."""
+    check_context(context_frames, context_overlap)
+    if num_frames <= context_frames:
+        return [list(range(num_frames))]
+    stride = context_frames - context_overlap
+    starts = list(range(0, num_frames - context_frames + 1, stride))
+    if starts[-1] + context_frames < num_frames:
+        starts.append(num_frames - context_frames)
+    return [list(range(start, start + context_frames)) for start in starts]
+
+
+def mean_weights(length: int) -> torch.Tensor:
+    return torch.ones(length)
+
+
+def ramp_weights(length: int) -> torch.Tensor:
+    """A triangular ramp, so frames near a window's edge count less than those at its centre."""
+    positions = torch.arange(length, dtype=torch.float32)
+    return torch.minimum(positions + 1, length - positions) / math.ceil(length / 2)
+
+
+BLEND_WEIGHTS: dict[str, Callable[[int], torch.Tensor]] = {"mean": mean_weights, "ramp": ramp_weights}
+
+
+def blend_weights(name: str, length: int) -> torch.Tensor:
+    try:
+        return BLEND_WEIGHTS[name](length)
+    except KeyError:
+        raise ValueError(f"blend must be one of {sorted(BLEND_WEIGHTS)}, got {name!r}") from None
+
+
+@dataclass
+class Conditions:
+    """Per-generation conditioning. Per-frame pieces are produced on demand for a frame range."""
+
+    reference_features: Mapping[str, torch.Tensor]  # block path -> [1, L, C]
+    audio_tokens: Callable[[int, int], torch.Tensor]  # (start, stop) -> [n, T, D]
+    kps_features: Callable[[int, int], torch.Tensor] | None  # (start, stop) -> [1, C0, n, h, w]
+
+
+def _with_unconditional(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.zeros_like(tensor), tensor])
+
+
+class GuidedDenoiser:
+    """Model predictions with classifier-free guidance, for several windows in one batch.
+
+    The unconditional branch zeroes the reference features, the V-Kps features and the audio
+    tokens as inputs; the attention layers still run on the zero contexts, as published.
+    `kps_dtype` rounds the V-Kps features through another precision before the UNet (the
+    published pipeline casts them to its working dtype, fp16 by default)."""
+
+    def __init__(self, unet, conditions: Conditions, guidance_scale: float = 3.5,
+                 reference_weight: float = 1.0, audio_weight: float = 1.0, kps_dtype: torch.dtype | None = None):
+        self.unet = unet
+        self.kps_dtype = kps_dtype
+        self.conditions = conditions
+        self.guidance_scale = guidance_scale
+        self.reference_weight = reference_weight
+        self.audio_weight = audio_weight
+        self.guided = guidance_scale > 1.0
+        self._reference_cache: dict[int, dict[str, torch.Tensor]] = {}
+
+    def _reference(self, windows: int) -> dict[str, torch.Tensor]:
+        if windows not in self._reference_cache:
+            features = {}
+            for path, feature in self.conditions.reference_features.items():
+                batch = feature.expand(windows, *feature.shape[1:])
+                features[path] = _with_unconditional(batch) if self.guided else batch
+            self._reference_cache = {windows: features}
+        return self._reference_cache[windows]
+
+    def __call__(self, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """latents [1, C, F, h, w] (all frames) -> predictions [len(windows), C, n, h, w] per window."""
+        dtype = self.unet.dtype
+        batch = torch.stack([latents[0, :, list(window)] for window in windows]).to(dtype)
+        audio = torch.stack([self.conditions.audio_tokens(w[0], w[-1] + 1) for w in windows]).to(dtype)
+        kps = None
+        if self.conditions.kps_features is not None:
+            kps = torch.cat([self.conditions.kps_features(w[0], w[-1] + 1) for w in windows])
+            kps = kps.to(self.kps_dtype or dtype).to(dtype)
+        if self.guided:
+            batch = torch.cat([batch, batch])
+            audio = _with_unconditional(audio)
+            kps = _with_unconditional(kps) if kps is not None else None
+        prediction = self.unet(
+            batch, timestep, audio.flatten(0, 1), self._reference(len(windows)), kps,
+            reference_weight=self.reference_weight, audio_weight=self.audio_weight,
+        ).float()
+        if self.guided:
+            unconditional, conditional = prediction.chunk(2)
+            prediction = unconditional + self.guidance_scale * (conditional - unconditional)
+        return prediction
+
+
+def window_batches(windows: Sequence[Sequence[int]], batch_size: int) -> list[list[Sequence[int]]]:
+    return [list(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
+
+
+@dataclass
+class Progress:
+    step: int
+    num_steps: int
+    window: int
+    num_windows: int
+
+
+def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]],
+                       window_batch: int, blend: str, on_window: Callable[[int], None]) -> torch.Tensor:
+    """Every frame's prediction: the weighted mean over the windows that cover it."""
+    total = torch.zeros_like(latents, dtype=torch.float32)
+    weight_sum = torch.zeros(latents.shape[2], device=latents.device)
+    done = 0
+    for group in window_batches(windows, window_batch):
+        predictions = denoiser(latents, timestep, group)
+        for window, prediction in zip(group, predictions):
+            weights = blend_weights(blend, len(window)).to(latents.device)
+            total[0, :, window] += prediction * weights[None, :, None, None]
+            weight_sum[window] += weights
+            done += 1
+            on_window(done)
+    return (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
+
+
+def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps: int, *,
+           context_frames: int = 24, context_overlap: int = 4, blend: str = "mean", window_batch: int = 1,
+           generator: torch.Generator | None = None, eta: float = 0.0,
+           callback: Callable[[Progress], None] | None = None,
+           cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Denoise `latents` [1, C, F, h, w] (already initial noise) and return the final latents.
+
+    `cancel()` is checked before every batch of windows and raises `Cancelled`; `callback` gets a
+    `Progress` after every window."""
+    num_frames = latents.shape[2]
+    windows = context_windows(num_frames, context_frames, context_overlap)
+    scheduler.set_timesteps(num_steps, device=latents.device)
+    latents = latents * scheduler.init_noise_sigma
+    step_kwargs = {"eta": eta, "generator": generator} if isinstance(scheduler, DDIMScheduler) else {}
+    for index, timestep in enumerate(scheduler.timesteps):
+
+        def on_window(done: int) -> None:
+            if callback is not None:
+                callback(Progress(index, num_steps, done, len(windows)))
+            if cancel is not None and cancel():
+                raise Cancelled(f"cancelled at step {index + 1}/{num_steps}, window {done}/{len(windows)}")
+
+        if cancel is not None and cancel():
+            raise Cancelled(f"cancelled before step {index + 1}/{num_steps}")
+        model_input = scheduler.scale_model_input(latents, timestep)
+        prediction = blended_prediction(denoiser, model_input, timestep, windows, window_batch, blend, on_window)
+        latents = scheduler.step(prediction, timestep, latents, **step_kwargs).prev_sample
+    return latents
