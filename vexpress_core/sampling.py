@@ -110,14 +110,11 @@ class GuidedDenoiser:
     """Model predictions with classifier-free guidance, for several windows in one batch.
 
     The unconditional branch zeroes the reference features, the V-Kps features and the audio
-    tokens as inputs; the attention layers still run on the zero contexts, as published.
-    `kps_dtype` rounds the V-Kps features through another precision before the UNet (the
-    published pipeline casts them to its working dtype, fp16 by default)."""
+    tokens as inputs; the attention layers still run on the zero contexts, as published."""
 
     def __init__(self, unet, conditions: Conditions, guidance_scale: float = 3.5,
-                 reference_weight: float = 1.0, audio_weight: float = 1.0, kps_dtype: torch.dtype | None = None):
+                 reference_weight: float = 1.0, audio_weight: float = 1.0):
         self.unet = unet
-        self.kps_dtype = kps_dtype
         self.conditions = conditions
         self.guidance_scale = guidance_scale
         self.reference_weight = reference_weight
@@ -141,8 +138,7 @@ class GuidedDenoiser:
         audio = torch.stack([self.conditions.audio_tokens(w[0], w[-1] + 1) for w in windows]).to(dtype)
         kps = None
         if self.conditions.kps_features is not None:
-            kps = torch.cat([self.conditions.kps_features(w[0], w[-1] + 1) for w in windows])
-            kps = kps.to(self.kps_dtype or dtype).to(dtype)
+            kps = torch.cat([self.conditions.kps_features(w[0], w[-1] + 1) for w in windows]).to(dtype)
         if self.guided:
             batch = torch.cat([batch, batch])
             audio = _with_unconditional(audio)

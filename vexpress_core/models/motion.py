@@ -45,12 +45,19 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(channels, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(channels)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B*H*W, F, C)."""
-        num_frames = tokens.shape[1]
+    def forward(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """tokens: (B*F, H*W, C); each attention sees (B*H*W, F, C).
+
+        Norms and the feed-forward run in the per-frame layout, as published: this random-weight
+        parity is sensitive to the order of floating-point operations."""
+        batch_frames, pixels, channels = tokens.shape
+        batch = batch_frames // num_frames
         for attention, norm in zip(self.attention_blocks, self.norms):
-            normed = norm(tokens) + attention.pos_encoder.pe[:, :num_frames].to(tokens.dtype)
-            tokens = tokens + attention(normed)
+            normed = norm(tokens).reshape(batch, num_frames, pixels, channels).transpose(1, 2)
+            normed = normed.reshape(batch * pixels, num_frames, channels)
+            attended = attention(normed + attention.pos_encoder.pe[:, :num_frames].to(tokens.dtype))
+            attended = attended.reshape(batch, pixels, num_frames, channels).transpose(1, 2)
+            tokens = tokens + attended.reshape(batch_frames, pixels, channels)
         return tokens + self.ff(self.ff_norm(tokens))
 
 
@@ -64,16 +71,13 @@ class TemporalTransformer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
         batch_frames, channels, height, width = hidden_states.shape
-        batch = batch_frames // num_frames
         residual = hidden_states
-        tokens = self.proj_in(self.norm(hidden_states).permute(0, 2, 3, 1))
-        tokens = tokens.reshape(batch, num_frames, height * width, channels).transpose(1, 2)
-        tokens = tokens.reshape(batch * height * width, num_frames, channels)
+        tokens = self.norm(hidden_states).permute(0, 2, 3, 1).reshape(batch_frames, height * width, channels)
+        tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
-            tokens = block(tokens)
-        tokens = self.proj_out(tokens).reshape(batch, height * width, num_frames, channels).transpose(1, 2)
-        tokens = tokens.reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2)
-        return tokens + residual
+            tokens = block(tokens, num_frames)
+        tokens = self.proj_out(tokens).reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2)
+        return tokens.contiguous() + residual
 
 
 class MotionModule(nn.Module):

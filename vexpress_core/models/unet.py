@@ -35,6 +35,21 @@ UNET_CONFIG_KEYS = (
 )
 
 
+class FrameResnetBlock(ResnetBlock2D):
+    """diffusers' ResnetBlock2D over (B*F, C, H, W) whose time embedding arrives once per video [B, D].
+
+    Projecting the embedding before repeating it over frames is cheaper, and it is what the
+    published model computes: a Linear over B rows and over B*F rows round differently."""
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor, num_frames: int) -> torch.Tensor:
+        shortcut = hidden_states if self.conv_shortcut is None else self.conv_shortcut(hidden_states)
+        hidden_states = self.conv1(self.nonlinearity(self.norm1(hidden_states)))
+        time = self.time_emb_proj(self.nonlinearity(temb)).repeat_interleave(num_frames, dim=0)
+        hidden_states = hidden_states + time[:, :, None, None]
+        hidden_states = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden_states))))
+        return (shortcut + hidden_states) / self.output_scale_factor
+
+
 class UNetStage(nn.Module):
     """One down, mid or up block: (resnet, [attention], motion) per layer, then an optional resampler."""
 
@@ -74,8 +89,8 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         time_dim = block_out_channels[0] * 4
         self.gradient_checkpointing = False
 
-        def resnet(cin: int, cout: int, scale: float = 1.0) -> ResnetBlock2D:
-            return ResnetBlock2D(
+        def resnet(cin: int, cout: int, scale: float = 1.0) -> FrameResnetBlock:
+            return FrameResnetBlock(
                 in_channels=cin, out_channels=cout, temb_channels=time_dim, eps=norm_eps,
                 groups=norm_num_groups, output_scale_factor=scale,
             )
@@ -154,7 +169,7 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         for index, (resnet, attention, motion) in enumerate(zip(stage.resnets, attentions, stage.motion_modules)):
             if skips is not None:
                 hidden = torch.cat([hidden, skips.pop()], dim=1)
-            hidden = self._run(resnet, hidden, temb)
+            hidden = self._run(resnet, hidden, temb, num_frames)
             if attention is not None:
                 path = f"{block_path}.attentions.{index}.transformer_blocks"
                 references = [context["reference"][f"{path}.{j}"] for j in range(len(attention.transformer_blocks))]
@@ -188,7 +203,6 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         timesteps = torch.as_tensor(timestep, device=sample.device)
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps
         temb = self.time_embedding(self.time_proj(timesteps).to(dtype=hidden.dtype))
-        temb = temb.repeat_interleave(num_frames, dim=0)
 
         context = {
             "num_frames": num_frames,
@@ -217,11 +231,11 @@ class VExpressUNet(ModelMixin, ConfigMixin):
                 skips.append(hidden)
 
         mid = self.mid_block
-        hidden = self._run(mid.resnets[0], hidden, temb)
+        hidden = self._run(mid.resnets[0], hidden, temb, num_frames)
         references = [context["reference"][f"mid_block.attentions.0.transformer_blocks.{j}"] for j in range(len(mid.attentions[0].transformer_blocks))]
         hidden = self._run(mid.attentions[0], hidden, context["audio"], references, reference_weight, audio_weight)
         hidden = self._run(mid.motion_modules[0], hidden, num_frames)
-        hidden = self._run(mid.resnets[1], hidden, temb)
+        hidden = self._run(mid.resnets[1], hidden, temb, num_frames)
 
         for index, stage in enumerate(self.up_blocks):
             hidden = self._stage_layers(stage, hidden, temb, context, f"up_blocks.{index}", skips=skips)

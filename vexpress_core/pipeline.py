@@ -1,0 +1,233 @@
+"""From a reference photo, speech and a keypoint track to video frames.
+
+Per-frame conditioning (keypoint drawings, V-Kps features, audio tokens) is produced per context
+window, and frames are decoded in chunks and streamed to the caller, so no network ever sees more
+than one batch of windows and nothing per-frame is held for the whole video except the latents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .audio import encode_audio, frame_count, padded_audio_sequence, audio_windows_from_sequence, validate_waveform
+from .checkpoint import VExpressModels
+from .keypoints import KeypointTrack, draw_track
+from .models import reference_features
+from .sampling import Conditions, GuidedDenoiser, Progress, check_context, make_scheduler, sample
+from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Defaults are the published ones."""
+
+    width: int = 512
+    height: int = 512
+    fps: float = 30.0
+    steps: int = 25
+    guidance_scale: float = 3.5
+    reference_weight: float = 0.95
+    audio_weight: float = 3.0
+    context_frames: int = 24
+    context_overlap: int = 4
+    blend: str = "mean"
+    scheduler: str = "ddim"
+    seed: int = 42
+    eta: float = 0.0
+    num_pad_audio_frames: int = 2
+    window_batch: int = 1
+    decode_chunk: int = 8
+    deflicker: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value < 8 or value % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.window_batch < 1 or self.decode_chunk < 1:
+            raise ValueError("window_batch and decode_chunk must be at least 1")
+        check_context(self.context_frames, self.context_overlap)
+        make_scheduler(self.scheduler)
+
+
+@dataclass
+class Reference:
+    """The reference photo at the output size, its latent and ReferenceNet features."""
+
+    image: np.ndarray  # uint8 [H, W, 3]
+    latents: torch.Tensor  # [1, 4, H/8, W/8]
+    features: dict[str, torch.Tensor]
+
+
+@dataclass
+class Speech:
+    """Speech at 16 kHz and its wav2vec2 encoding."""
+
+    waveform: np.ndarray
+    hidden: torch.Tensor  # [1, N, 768] float32
+    num_frames: int
+    fps: float
+
+    @property
+    def duration(self) -> float:
+        return len(self.waveform) / SAMPLE_RATE
+
+
+def resized_reference(image: np.ndarray | Image.Image, width: int, height: int) -> np.ndarray:
+    """RGB uint8 [height, width, 3]; bicubic like the published script (which passes PIL the sizes swapped)."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    picture = picture.convert("RGB")
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.BICUBIC)
+    return np.asarray(picture)
+
+
+def image_to_model_range(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [1, 3, H, W] in [-1, 1], laid out channels-last in memory as
+    diffusers' VaeImageProcessor makes it (the VAE's convolutions round differently otherwise)."""
+    pixels = (np.asarray(image).astype(np.float32) / 255.0)[None].transpose(0, 3, 1, 2)
+    return torch.from_numpy(pixels) * 2.0 - 1.0
+
+
+@torch.no_grad()
+def prepare_reference(models: VExpressModels, image: np.ndarray | Image.Image, width: int, height: int) -> Reference:
+    """Resize, VAE-encode (posterior mean x scaling factor) and run the ReferenceNet once."""
+    picture = resized_reference(image, width, height)
+    pixels = image_to_model_range(picture).to(models.device, models.vae.dtype)
+    latents = models.vae.encode(pixels).latent_dist.mean * models.vae.config.scaling_factor
+    features = reference_features(models.reference_net, latents.to(models.reference_net.dtype))
+    return Reference(picture, latents, features)
+
+
+def encode_speech(models: VExpressModels, waveform_16k: np.ndarray, fps: float, name: str = "audio") -> Speech:
+    waveform = np.asarray(waveform_16k, dtype=np.float32)
+    validate_waveform(waveform, SAMPLE_RATE, name)
+    num_frames = frame_count(len(waveform), SAMPLE_RATE, fps)
+    if num_frames < 1:
+        raise ValueError(f"{name} is {len(waveform) / SAMPLE_RATE:.3f} s long: shorter than one frame at {fps} fps")
+    hidden = encode_audio(waveform, models.feature_extractor, models.audio_encoder)
+    return Speech(waveform, hidden, num_frames, fps)
+
+
+def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int) -> Callable[[int, int], torch.Tensor]:
+    sequence = padded_audio_sequence(speech.hidden, speech.num_frames, num_pad).to(models.device)
+    projection = models.audio_projection
+
+    def tokens(start: int, stop: int) -> torch.Tensor:
+        windows = audio_windows_from_sequence(sequence, torch.arange(start, stop), num_pad)
+        return projection(windows.to(projection.dtype))
+
+    return tokens
+
+
+def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int, height: int) -> Callable[[int, int], torch.Tensor]:
+    guider = models.v_kps_guider
+
+    def features(start: int, stop: int) -> torch.Tensor:
+        drawings = torch.from_numpy(draw_track(track, width, height, start, stop)).to(models.device)
+        images = (drawings.to(guider.dtype) / 255.0).permute(3, 0, 1, 2)[None]
+        return guider(images)
+
+    return features
+
+
+def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4) -> torch.Tensor:
+    """The published noise: torch.randn on the CPU in fp32 from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn([1, channels, num_frames, height // 8, width // 8], generator=generator)
+
+
+def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) -> None:
+    if len(track) != num_frames:
+        raise ValueError(f"keypoint track has {len(track)} frames, the audio needs {num_frames}; resample it (keypoints.output_track)")
+    if tuple(track.frame_size) != (width, height):
+        raise ValueError(f"keypoint track is in {track.frame_size} pixels, the output is {(width, height)}; scale it first")
+
+
+@torch.no_grad()
+def denoise(models: VExpressModels, reference: Reference, speech: Speech, track: KeypointTrack,
+            settings: GenerationSettings, latents: torch.Tensor | None = None,
+            callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Final latents [1, 4, F, H/8, W/8] (float32, on the models' device)."""
+    width, height, num_frames = settings.width, settings.height, speech.num_frames
+    check_track(track, num_frames, width, height)
+    if latents is None:
+        latents = initial_latents(settings.seed, num_frames, width, height)
+    expected = (1, models.denoising_unet.config.in_channels, num_frames, height // 8, width // 8)
+    if tuple(latents.shape) != expected:
+        raise ValueError(f"initial latents have shape {tuple(latents.shape)}, expected {expected}")
+    conditions = Conditions(
+        reference.features,
+        audio_token_source(models, speech, settings.num_pad_audio_frames),
+        kps_feature_source(models, track, width, height),
+    )
+    denoiser = GuidedDenoiser(models.denoising_unet, conditions, settings.guidance_scale,
+                              settings.reference_weight, settings.audio_weight)
+    generator = torch.Generator(device=models.device).manual_seed(settings.seed)
+    return sample(
+        denoiser, latents.to(models.device, torch.float32), make_scheduler(settings.scheduler), settings.steps,
+        context_frames=settings.context_frames, context_overlap=settings.context_overlap, blend=settings.blend,
+        window_batch=settings.window_batch, generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
+    )
+
+
+@torch.no_grad()
+def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8) -> Iterator[torch.Tensor]:
+    """Frames [n, 3, H, W] in [0, 1] (float32, CPU), `chunk` frames per VAE call."""
+    vae = models.vae
+    frames = latents[0].permute(1, 0, 2, 3)
+    for start in range(0, frames.shape[0], chunk):
+        piece = frames[start:start + chunk] * (1 / vae.config.scaling_factor)
+        images = vae.decode(piece.to(vae.device, vae.dtype)).sample
+        yield (images / 2 + 0.5).clamp(0, 1).float().cpu()
+
+
+def frames_hwc(chunks: Iterator[torch.Tensor], deflicker: bool) -> Iterator[np.ndarray]:
+    """uint8 [n, H, W, 3] chunks, optionally through the streaming 3x3x3 median filter."""
+    uint8_chunks = (to_uint8(chunk.permute(0, 2, 3, 1).numpy()) for chunk in chunks)
+    return MedianDeflicker().stream(uint8_chunks) if deflicker else uint8_chunks
+
+
+@dataclass
+class Generation:
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    fps: float
+    waveform: np.ndarray  # 16 kHz mono, cut to the video
+    latents: torch.Tensor = field(repr=False)
+
+
+def generate(models: VExpressModels, reference: Reference, speech: Speech, track: KeypointTrack,
+             settings: GenerationSettings, latents: torch.Tensor | None = None,
+             callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Generation:
+    """The whole video in memory (what a ComfyUI IMAGE output needs)."""
+    final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
+    frames = np.concatenate(list(frames_hwc(decoded_chunks(models, final, settings.decode_chunk), settings.deflicker)))
+    samples = int(round(len(frames) / settings.fps * SAMPLE_RATE))
+    return Generation(frames, settings.fps, speech.waveform[:samples], final)
+
+
+def write_video(models: VExpressModels, reference: Reference, speech: Speech, track: KeypointTrack,
+                settings: GenerationSettings, out_path: str | Path, latents: torch.Tensor | None = None,
+                callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Path:
+    """Generate and stream frames into an H.264 mp4 with the speech muxed; written atomically."""
+    check_output_path(out_path)
+    final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
+    with VideoWriter(out_path, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
+        for chunk in frames_hwc(decoded_chunks(models, final, settings.decode_chunk), settings.deflicker):
+            writer.write(chunk)
+    return Path(out_path)
+
+
+def with_overrides(settings: GenerationSettings, **changes) -> GenerationSettings:
+    return replace(settings, **{k: v for k, v in changes.items() if v is not None})
