@@ -1,0 +1,130 @@
+"""The pack's ComfyUI types: names, the small dataclasses that travel on the wires, conversions.
+
+Custom type names carry the `VEXPRESS_` prefix. Values are never changed after they leave a node:
+a node that needs a different value builds a new one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+
+from vexpress_core.checkpoint import VExpressModels
+from vexpress_core.keypoints import KeypointTrack
+from vexpress_core.pipeline import Reference, Speech
+
+from . import runtime
+
+CATEGORY = "V-Express"
+PREFIX = "VExpress"
+
+MODELS = "VEXPRESS_MODELS"
+REFERENCE = "VEXPRESS_REFERENCE"
+AUDIO = "VEXPRESS_AUDIO"
+KPS = "VEXPRESS_KPS"
+
+IMAGE = "IMAGE"
+COMFY_AUDIO = "AUDIO"
+
+IDLE_CHOICES = ("gpu", "cpu")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelHandle:
+    """VEXPRESS_MODELS: the loaded networks (kept on `offload_device` when idle) and where they run.
+
+    `using(...)` moves the networks a node needs to `load_device` (after asking ComfyUI to make room)
+    and, when idle modules live on the CPU, moves them back afterwards - also on error or cancel."""
+
+    models: VExpressModels
+    name: str
+    load_device: torch.device
+    offload_device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.models.dtype
+
+    @property
+    def model_dir(self):
+        return self.models.paths.root
+
+    @contextmanager
+    def using(self, *names: str) -> Iterator[VExpressModels]:
+        networks = self.models.networks()
+        unknown = sorted(set(names) - set(networks))
+        if unknown:
+            raise KeyError(f"unknown V-Express networks {unknown}; known: {sorted(networks)}")
+        chosen = [networks[name] for name in names]
+        if self.load_device != self.offload_device:
+            needed = sum(p.numel() * p.element_size() for module in chosen for p in module.parameters())
+            runtime.free_memory(int(needed * 1.3), self.load_device)
+        try:
+            for module in chosen:
+                module.to(self.load_device)
+            yield dataclasses.replace(self.models, device=self.load_device)
+        finally:
+            if self.load_device != self.offload_device:
+                for module in chosen:
+                    module.to(self.offload_device)
+                runtime.empty_cache()
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceInput:
+    """VEXPRESS_REFERENCE: the prepared reference (W x H image, latents, ReferenceNet features)
+    and its (left eye, right eye, nose) keypoints float32 [3,2] in pixels of that W x H image."""
+
+    reference: Reference
+    keypoints: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.reference.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.reference.image.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class SpeechInput:
+    """VEXPRESS_AUDIO: wav2vec2-encoded speech (its frame count and fps) plus the AUDIO it came from,
+    so the video can carry the original sound rather than the 16 kHz mono copy."""
+
+    speech: Speech
+    audio: Mapping
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.speech.num_frames)
+
+    @property
+    def fps(self) -> float:
+        return float(self.speech.fps)
+
+
+def image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """One ComfyUI IMAGE frame (float [H,W,C] in 0..1) as RGB uint8 [H,W,3] (alpha dropped)."""
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an IMAGE frame [H,W,3], got shape {list(image.shape)}")
+    pixels = image.detach().float().cpu().clamp(0, 1)
+    if pixels.shape[-1] == 1:
+        pixels = pixels.expand(-1, -1, 3)
+    return (pixels[..., :3] * 255).round().to(torch.uint8).numpy()
+
+
+def uint8_to_image(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [F,H,W,3] -> ComfyUI IMAGE float32 [F,H,W,3] in 0..1 on the CPU."""
+    return torch.from_numpy(np.asarray(frames).astype(np.float32)).div_(255.0)
+
+
+def cut_audio(audio: Mapping, seconds: float) -> dict:
+    """A new AUDIO holding the first batch item of `audio` cut to `seconds` (the input is untouched)."""
+    waveform, rate = audio["waveform"], int(audio["sample_rate"])
+    samples = max(1, int(round(seconds * rate)))
+    return {"waveform": waveform[:1, :, :samples].clone(), "sample_rate": rate}
