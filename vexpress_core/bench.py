@@ -1,0 +1,134 @@
+"""Sampler benchmark: s/frame and peak memory, batched windows against one window at a time.
+
+    python -m vexpress_core.bench                       # tiny random model on CPU, two lengths
+    python -m vexpress_core.bench --sd15 --device cuda --size 512 --seconds 10 --window-batch 2
+
+Both paths run in the same process on the same inputs; the ratio is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import synthetic_speech
+from .checkpoint import load_models
+from .keypoints import output_track
+from .pipeline import GenerationSettings, decoded_chunks, denoise, encode_speech, prepare_reference
+from .tiny import make_tiny_models
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as status:
+        return int(status.read().split()[1]) * 4096
+
+
+@contextmanager
+def peak_rss(result: dict):
+    """Samples the resident set size every 5 ms while the block runs; stores the peak in result['rss']."""
+    done = threading.Event()
+    peak = [resident_bytes()]
+
+    def watch() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], resident_bytes())
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        result["rss"] = max(peak[0], resident_bytes())
+
+
+@dataclass
+class Measurement:
+    label: str
+    frames: int
+    seconds: float
+    peak_rss: int
+    peak_vram: int | None
+
+    @property
+    def per_frame(self) -> float:
+        return self.seconds / self.frames
+
+    def row(self) -> str:
+        vram = f"{self.peak_vram / 2**20:9.0f}" if self.peak_vram is not None else "        -"
+        return (f"{self.label:<26} {self.frames:>6} {self.per_frame:>9.3f} {self.seconds:>9.2f} "
+                f"{self.peak_rss / 2**20:>9.0f} {vram}")
+
+
+def portrait(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A neutral grey image and a centred face's keypoints; the content does not change the cost."""
+    image = np.full((size, size, 3), 128, np.uint8)
+    kps = np.array([[0.4, 0.45], [0.6, 0.45], [0.5, 0.58]], np.float32) * size
+    return image, kps
+
+
+def measure(models, settings: GenerationSettings, seconds: float, label: str) -> Measurement:
+    image, kps = portrait(settings.width)
+    reference = prepare_reference(models, image, settings.width, settings.height)
+    speech = encode_speech(models, synthetic_speech(seconds), settings.fps)
+    track = output_track(kps, None, settings.width, settings.height, speech.num_frames, "fix_face", fps=settings.fps)
+    cuda = models.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    memory: dict = {}
+    start = time.perf_counter()
+    with peak_rss(memory):
+        final = denoise(models, reference, speech, track, settings)
+        for _ in decoded_chunks(models, final, settings.decode_chunk):
+            pass
+        if cuda:
+            torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    vram = torch.cuda.max_memory_allocated() if cuda else None
+    return Measurement(label, speech.num_frames, elapsed, memory["rss"], vram)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="model directory (default: tiny random models made on the fly)")
+    parser.add_argument("--sd15", action="store_true", help="full SD1.5-size networks with random weights")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 2.0], help="audio lengths to run")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--context-frames", type=int, default=12)
+    parser.add_argument("--context-overlap", type=int, default=4)
+    parser.add_argument("--window-batch", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.models or make_tiny_models(Path(tmp) / "models", sd15=args.sd15)
+        models = load_models(directory, dtype=dtype, device=args.device)
+    settings = GenerationSettings(width=args.size, height=args.size, steps=args.steps, context_frames=args.context_frames,
+                                  context_overlap=args.context_overlap, deflicker=False)
+    print(f"device {args.device}, dtype {dtype}, {args.size}x{args.size}, {args.steps} steps, "
+          f"windows of {args.context_frames} overlapping by {args.context_overlap}, threads {torch.get_num_threads()}")
+    measure(models, replace(settings, steps=1), min(args.seconds), "warm-up")
+    print(f"{'path':<26} {'frames':>6} {'s/frame':>9} {'total s':>9} {'RSS MiB':>9} {'VRAM MiB':>9}")
+    for seconds in args.seconds:
+        single = measure(models, replace(settings, window_batch=1, decode_chunk=1), seconds, f"one window, {seconds:g}s")
+        batched = measure(models, replace(settings, window_batch=args.window_batch), seconds,
+                          f"{args.window_batch} windows/batch, {seconds:g}s")
+        print(single.row())
+        print(batched.row())
+        print(f"{'speed-up (one / batched)':<26} {single.seconds / batched.seconds:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Command line: `python -m vexpress_core {generate,demo,extract-kps,convert,make-tiny-models,download}`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULTS = dict(width=512, height=512, fps=30.0, steps=25, guidance=3.5, reference_weight=0.95, audio_weight=3.0,
+                context_frames=24, context_overlap=4, seed=42)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolved_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return DTYPES[name]
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--width", type=int, default=DEFAULTS["width"], help="output width, a multiple of 8")
+    parser.add_argument("--height", type=int, default=DEFAULTS["height"], help="output height, a multiple of 8")
+    parser.add_argument("--fps", type=float, default=DEFAULTS["fps"])
+    parser.add_argument("--steps", type=int, default=DEFAULTS["steps"])
+    parser.add_argument("--guidance", type=float, default=DEFAULTS["guidance"], help="classifier-free guidance scale")
+    parser.add_argument("--reference-weight", type=float, default=DEFAULTS["reference_weight"], help="0.9-1.0 recommended")
+    parser.add_argument("--audio-weight", type=float, default=DEFAULTS["audio_weight"], help="1.0-3.0 recommended")
+    parser.add_argument("--context-frames", type=int, default=DEFAULTS["context_frames"], help="frames per window, at most 32")
+    parser.add_argument("--context-overlap", type=int, default=DEFAULTS["context_overlap"])
+    parser.add_argument("--blend", choices=("mean", "ramp"), default="mean", help="how overlapping windows are fused")
+    parser.add_argument("--window-batch", type=int, default=1, help="windows denoised together (more = faster, more memory)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--scheduler", choices=("ddim", "dpmpp", "euler"), default="ddim")
+    parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+
+
+def settings_from(args: argparse.Namespace):
+    from .pipeline import GenerationSettings
+
+    return GenerationSettings(
+        width=args.width, height=args.height, fps=args.fps, steps=args.steps, guidance_scale=args.guidance,
+        reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
+        context_overlap=args.context_overlap, blend=args.blend, scheduler=args.scheduler, seed=args.seed,
+        window_batch=args.window_batch, deflicker=args.deflicker,
+    )
+
+
+def progress_bar(settings, num_frames: int):
+    from .sampling import context_windows
+
+    windows = len(context_windows(num_frames, settings.context_frames, settings.context_overlap))
+    bar = tqdm(total=settings.steps * windows, desc="denoising", unit="window")
+
+    def update(progress) -> None:
+        bar.set_postfix_str(f"step {progress.step + 1}/{progress.num_steps}")
+        bar.update(1)
+
+    return bar, update
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"reference image {path} cannot be read as an image ({error})") from error
+
+
+def driving_track(args: argparse.Namespace, detector):
+    from .keypoints import extract_track_from_video, load_any_track
+
+    if args.kps:
+        track = load_any_track(args.kps)
+        if args.kps_fps:
+            from dataclasses import replace
+
+            track = replace(track, fps=args.kps_fps)
+        return track
+    if args.driving_video:
+        return extract_track_from_video(args.driving_video, detector, args.face_index)
+    return None
+
+
+def run_generate(args: argparse.Namespace) -> Path:
+    from .audio import load_audio
+    from .checkpoint import load_models
+    from .keypoints import make_detector, output_track, reference_keypoints
+    from .pipeline import encode_speech, prepare_reference, write_video
+    from .video import check_output_path
+
+    settings = settings_from(args)
+    out = check_output_path(args.out)
+    retarget = args.retarget or ("naive_retarget" if (args.kps or args.driving_video) else "fix_face")
+    device = args.device or default_device()
+    image = read_image(args.reference)
+    waveform = load_audio(args.audio)
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), device)
+    detector = make_detector(args.detector, args.models)
+    reference = prepare_reference(models, image, settings.width, settings.height)
+    kps = reference_keypoints(reference.image, detector, args.face_index)
+    speech = encode_speech(models, waveform, settings.fps, name=str(args.audio))
+    track = output_track(kps, driving_track(args, detector), settings.width, settings.height, speech.num_frames,
+                         retarget, args.kps_resample, settings.fps)
+    bar, update = progress_bar(settings, speech.num_frames)
+    with bar:
+        write_video(models, reference, speech, track, settings, out, callback=update)
+    print(f"wrote {out}: {speech.num_frames} frames at {settings.fps} fps")
+    return out
+
+
+def run_demo(args: argparse.Namespace) -> Path:
+    from .audio import DEMO_SPEECH, load_audio
+    from .checkpoint import load_models
+    from .keypoints import load_demo_portrait, output_track
+    from .pipeline import GenerationSettings, encode_speech, prepare_reference, write_video
+    from .tiny import make_tiny_models
+    from .video import check_output_path
+
+    out = check_output_path(args.out)
+    print("V-Express demo: tiny models with RANDOM weights, so the video shows noise shaped by the pipeline,\n"
+          "not a talking face. For real results: python -m vexpress_core download MODELS_DIR, then\n"
+          "python -m vexpress_core generate --models MODELS_DIR --reference photo.jpg --audio speech.wav --out out.mp4")
+    settings = GenerationSettings(width=args.size, height=args.size, steps=args.steps, seed=args.seed)
+    portrait, portrait_kps = load_demo_portrait()
+    with tempfile.TemporaryDirectory() as tmp:
+        models = load_models(make_tiny_models(Path(tmp) / "models", seed=args.seed))
+    reference = prepare_reference(models, portrait, settings.width, settings.height)
+    scale = np.array([settings.width / portrait.shape[1], settings.height / portrait.shape[0]], np.float32)
+    speech = encode_speech(models, load_audio(DEMO_SPEECH), settings.fps)
+    track = output_track(portrait_kps * scale, None, settings.width, settings.height, speech.num_frames, "fix_face", fps=settings.fps)
+    bar, update = progress_bar(settings, speech.num_frames)
+    with bar:
+        write_video(models, reference, speech, track, settings, out, callback=update)
+    print(f"wrote {out}: {speech.num_frames} frames, {settings.width}x{settings.height}, {settings.fps} fps, with the demo speech")
+    return out
+
+
+def run_extract(args: argparse.Namespace) -> Path:
+    from .keypoints import extract_track_from_video, make_detector, save_track
+
+    detector = make_detector(args.detector, args.models)
+    with tqdm(desc="detecting faces", unit="frame") as bar:
+        def progress(done: int, total: int | None) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        track = extract_track_from_video(args.video, detector, args.face_index, progress)
+    save_track(track, args.out)
+    print(f"wrote {args.out}: {len(track)} frames at {track.fps} fps, {int((~track.valid).sum())} filled")
+    return Path(args.out)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from .checkpoint import convert_weights
+
+    convert_weights(args.src, args.dst, DTYPES[args.dtype] if args.dtype else None)
+
+
+def run_make_tiny(args: argparse.Namespace) -> None:
+    from .tiny import make_tiny_models
+
+    print(f"wrote {make_tiny_models(args.dir, seed=args.seed, sd15=args.sd15)}")
+
+
+def run_download(args: argparse.Namespace) -> None:
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download("tk93/V-Express", local_dir=args.dir)
+    print(f"downloaded tk93/V-Express to {path}; use --models {Path(path) / 'model_ckpts'}")
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="python -m vexpress_core", description="V-Express talking-head generation")
+    commands = main.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="photo + speech (+ driving keypoints) -> mp4")
+    generate.add_argument("--models", required=True, help="model directory in the published model_ckpts layout")
+    generate.add_argument("--weights", help="folder with the five V-Express files (e.g. a training checkpoint)")
+    generate.add_argument("--reference", required=True, help="portrait image")
+    generate.add_argument("--audio", required=True, help="speech: any audio file or a video's soundtrack")
+    driving = generate.add_mutually_exclusive_group()
+    driving.add_argument("--kps", help="keypoint track: published kps.pth, or .npz/.json from extract-kps")
+    driving.add_argument("--driving-video", help="video whose face motion drives the head")
+    generate.add_argument("--retarget", choices=("fix_face", "no_retarget", "offset_retarget", "naive_retarget"),
+                          help="default: fix_face without a driving track, naive_retarget with one")
+    generate.add_argument("--kps-resample", choices=("stretch", "time"), help="default: time when the track knows its fps")
+    generate.add_argument("--kps-fps", type=float, help="fps of a published kps.pth track (enables time resampling)")
+    generate.add_argument("--face-index", type=int, help="face to use, counted from the left (default: largest)")
+    generate.add_argument("--detector", choices=("auto", "insightface", "retinaface"), default="auto")
+    add_generation_options(generate)
+    generate.add_argument("--out", required=True, help="output .mp4")
+    generate.set_defaults(run=run_generate)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on random tiny models and a bundled portrait")
+    demo.add_argument("out", nargs="?", default="vexpress_demo.mp4")
+    demo.add_argument("--size", type=int, default=128)
+    demo.add_argument("--steps", type=int, default=4)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(run=run_demo)
+
+    extract = commands.add_parser("extract-kps", help="driving video -> keypoint track (.npz or .json)")
+    extract.add_argument("video")
+    extract.add_argument("out")
+    extract.add_argument("--models", help="model directory (for insightface's buffalo_l)")
+    extract.add_argument("--detector", choices=("auto", "insightface", "retinaface"), default="auto")
+    extract.add_argument("--face-index", type=int)
+    extract.set_defaults(run=run_extract)
+
+    convert = commands.add_parser("convert", help="check the five V-Express files strictly and write safetensors")
+    convert.add_argument("src", help="model directory")
+    convert.add_argument("dst", help="output folder")
+    convert.add_argument("--dtype", choices=tuple(DTYPES))
+    convert.set_defaults(run=run_convert)
+
+    tiny = commands.add_parser("make-tiny-models", help="random-weight model directory in the published layout")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--sd15", action="store_true", help="full SD1.5 sizes (about 2.25 B parameters, 9 GB)")
+    tiny.set_defaults(run=run_make_tiny)
+
+    download = commands.add_parser("download", help="fetch tk93/V-Express from Hugging Face")
+    download.add_argument("dir")
+    download.set_defaults(run=run_download)
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
