@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vexpress_core.checkpoint import (
@@ -371,8 +370,6 @@ def test_truncated_bin(tiny_dir, tmp_path, fraction):
     assert "cannot be read" in message
 
 
-@pytest.mark.xfail(strict=True, raises=SafetensorError,
-                   reason="read_state_dict does not catch safetensors.SafetensorError (checkpoint.py, read_state_dict)")
 def test_truncated_safetensors(tiny_dir, tiny_files, tmp_path):
     path = tmp_path / "v_kps_guider.safetensors"
     save_file(tiny_files["v_kps_guider"], str(path))

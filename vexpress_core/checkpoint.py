@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
@@ -124,8 +125,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            # Files written with the legacy (non-zip) serialisation cannot be memory-mapped.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, SafetensorError) as error:
         raise CheckpointError(f"{path}: cannot be read as a weights-only state dict ({type(error).__name__}: {error})") from error
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
@@ -171,7 +178,8 @@ def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], so
     converted = {}
     for key in expected:
         if key in state:
-            tensor = state[key]
+            # A position code is the formula by definition; the file's copy only had to be close to it.
+            tensor = sinusoidal_position_code(*state[key].shape[1:]) if key.endswith(POSITION_CODE_SUFFIX) else state[key]
             # Position codes stay fp32 whatever the file holds, as the published buffers are.
             target = torch.float32 if key.endswith(POSITION_CODE_SUFFIX) else dtype
             converted[key] = tensor.to(device=device, dtype=target if tensor.is_floating_point() else tensor.dtype)
@@ -184,7 +192,7 @@ def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], so
     return model.eval().requires_grad_(False)
 
 
-def guider_config(state: Mapping[str, torch.Tensor]) -> dict:
+def guider_config(state: Mapping[str, torch.Tensor], source: str = "v_kps_guider") -> dict:
     """VKpsGuider config from tensor shapes: conv_in, then pairs of (same-width conv, stride-2 conv)."""
     try:
         channels = [state["conv_in.weight"].shape[0]]
@@ -198,10 +206,10 @@ def guider_config(state: Mapping[str, torch.Tensor]) -> dict:
             "block_out_channels": tuple(channels),
         }
     except KeyError as error:
-        raise CheckpointError(f"v_kps_guider weights lack {error}") from error
+        raise CheckpointError(f"{source}: the V-Kps guider weights lack {error}") from error
 
 
-def audio_projection_config(state: Mapping[str, torch.Tensor], dim_head: int = 64) -> dict:
+def audio_projection_config(state: Mapping[str, torch.Tensor], source: str = "audio_projection", dim_head: int = 64) -> dict:
     """AudioProjection config from tensor shapes. The head split cannot be read from shapes: 64-wide heads."""
     try:
         _, num_queries, dim = state["latents"].shape
@@ -220,7 +228,7 @@ def audio_projection_config(state: Mapping[str, torch.Tensor], dim_head: int = 6
             "max_seq_len": max_seq_len,
         }
     except KeyError as error:
-        raise CheckpointError(f"audio_projection weights lack {error}") from error
+        raise CheckpointError(f"{source}: the audio projection weights lack {error}") from error
 
 
 def read_unet_config(path: Path) -> dict:
@@ -239,6 +247,7 @@ def denoising_state(paths: ModelPaths) -> tuple[dict[str, torch.Tensor], str]:
         stray = [k for k in motion if MOTION_KEY not in k]
         if stray:
             raise CheckpointError(f"{paths.weights['motion_module']}: {len(stray)} keys are not motion-module keys, e.g. {stray[:SHOWN_KEYS]}")
+        # When denoising_unet also carries motion keys, the dedicated motion file is the one that counts.
         state.update(motion)
         label += f" + {paths.weights['motion_module']}"
     return state, label
@@ -267,7 +276,10 @@ def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32
     projection_state = read_state_dict(paths.weights["audio_projection"])
     unet_state, unet_label = denoising_state(paths)
     reference, unet, guider, projection = build_networks(
-        unet_config, guider_config(guider_state), audio_projection_config(projection_state), motion_max_len(unet_state)
+        unet_config,
+        guider_config(guider_state, str(paths.weights["v_kps_guider"])),
+        audio_projection_config(projection_state, str(paths.weights["audio_projection"])),
+        motion_max_len(unet_state),
     )
     reference = assign_weights(reference, read_state_dict(paths.weights["reference_net"]), str(paths.weights["reference_net"]),
                                dtype, device, ignored=REFERENCE_NET_ABSENT_KEYS)

@@ -45,6 +45,8 @@ class GenerationSettings:
     window_batch: int = 1
     decode_chunk: int = 8
     deflicker: bool = True
+    cache_reference_kv: bool = True
+    latents_on_host: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -159,7 +161,8 @@ def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) 
 def denoise(models: VExpressModels, reference: Reference, speech: Speech, track: KeypointTrack,
             settings: GenerationSettings, latents: torch.Tensor | None = None,
             callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Final latents [1, 4, F, H/8, W/8] (float32, on the models' device)."""
+    """Final latents [1, 4, F, H/8, W/8] (float32; in host memory with `latents_on_host`, else on the
+    models' device)."""
     width, height, num_frames = settings.width, settings.height, speech.num_frames
     check_track(track, num_frames, width, height)
     if latents is None:
@@ -173,10 +176,15 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
         kps_feature_source(models, track, width, height),
     )
     denoiser = GuidedDenoiser(models.denoising_unet, conditions, settings.guidance_scale,
-                              settings.reference_weight, settings.audio_weight)
+                              settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
     generator = torch.Generator(device=models.device).manual_seed(settings.seed)
+    latents = latents.to(torch.float32)
+    if settings.latents_on_host:
+        latents = latents.pin_memory() if models.device.type == "cuda" else latents
+    else:
+        latents = latents.to(models.device)
     return sample(
-        denoiser, latents.to(models.device, torch.float32), make_scheduler(settings.scheduler), settings.steps,
+        denoiser, latents, make_scheduler(settings.scheduler), settings.steps,
         context_frames=settings.context_frames, context_overlap=settings.context_overlap, blend=settings.blend,
         window_batch=settings.window_batch, generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
     )

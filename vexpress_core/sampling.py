@@ -110,11 +110,16 @@ class GuidedDenoiser:
     """Model predictions with classifier-free guidance, for several windows in one batch.
 
     The unconditional branch zeroes the reference features, the V-Kps features and the audio
-    tokens as inputs; the attention layers still run on the zero contexts, as published."""
+    tokens as inputs; the attention layers still run on the zero contexts, as published.
+    With `cache_reference_kv` the reference attention's keys and values are computed once and
+    shared by all frames (same values, a different order of floating-point operations).
+    Window latents are moved to the UNet's device and predictions back to the latents' device,
+    so latents may stay in host memory when the device is short of it."""
 
     def __init__(self, unet, conditions: Conditions, guidance_scale: float = 3.5,
-                 reference_weight: float = 1.0, audio_weight: float = 1.0):
+                 reference_weight: float = 1.0, audio_weight: float = 1.0, cache_reference_kv: bool = False):
         self.unet = unet
+        self.cache_reference_kv = cache_reference_kv
         self.conditions = conditions
         self.guidance_scale = guidance_scale
         self.reference_weight = reference_weight
@@ -128,17 +133,20 @@ class GuidedDenoiser:
             for path, feature in self.conditions.reference_features.items():
                 batch = feature.expand(windows, *feature.shape[1:])
                 features[path] = _with_unconditional(batch) if self.guided else batch
+            if self.cache_reference_kv:
+                features = self.unet.reference_kv(features)
             self._reference_cache = {windows: features}
         return self._reference_cache[windows]
 
     def __call__(self, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]]) -> torch.Tensor:
         """latents [1, C, F, h, w] (all frames) -> predictions [len(windows), C, n, h, w] per window."""
         dtype = self.unet.dtype
-        batch = torch.stack([latents[0, :, list(window)] for window in windows]).to(dtype)
-        audio = torch.stack([self.conditions.audio_tokens(w[0], w[-1] + 1) for w in windows]).to(dtype)
+        device = self.unet.device
+        batch = torch.stack([latents[0, :, list(window)] for window in windows]).to(device, dtype)
+        audio = torch.stack([self.conditions.audio_tokens(w[0], w[-1] + 1) for w in windows]).to(device, dtype)
         kps = None
         if self.conditions.kps_features is not None:
-            kps = torch.cat([self.conditions.kps_features(w[0], w[-1] + 1) for w in windows]).to(dtype)
+            kps = torch.cat([self.conditions.kps_features(w[0], w[-1] + 1) for w in windows]).to(device, dtype)
         if self.guided:
             batch = torch.cat([batch, batch])
             audio = _with_unconditional(audio)
@@ -150,7 +158,7 @@ class GuidedDenoiser:
         if self.guided:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
-        return prediction
+        return prediction.to(latents.device)
 
 
 def window_batches(windows: Sequence[Sequence[int]], batch_size: int) -> list[list[Sequence[int]]]:

@@ -6,10 +6,27 @@ reference feature and both weights are explicit arguments of `forward`, so nothi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 from torch import nn
+
+
+@dataclass
+class ReferenceKV:
+    """attn1_5's key and value of one block's reference feature, [B, heads, L, head_dim], computed once
+    per generation. Each video's frames share them, so queries of all frames attend in one call."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+
+
+def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, length, channels = tensor.shape
+    return tensor.view(batch, length, heads, channels // heads).transpose(1, 2)
 
 
 class VExpressTransformerBlock(BasicTransformerBlock):
@@ -26,17 +43,33 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         self.norm1_5 = nn.LayerNorm(dim)
         self.attn1_5 = Attention(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim, bias=False)
 
+    def reference_kv(self, reference_feature: torch.Tensor) -> ReferenceKV:
+        heads = self.attn1_5.heads
+        return ReferenceKV(_heads(self.attn1_5.to_k(reference_feature), heads), _heads(self.attn1_5.to_v(reference_feature), heads))
+
+    def _cached_reference_attention(self, normed: torch.Tensor, cache: ReferenceKV) -> torch.Tensor:
+        batch_frames, pixels, channels = normed.shape
+        batch = cache.key.shape[0]
+        query = _heads(self.attn1_5.to_q(normed).reshape(batch, -1, channels), self.attn1_5.heads)
+        out = F.scaled_dot_product_attention(query, cache.key, cache.value)
+        out = out.transpose(1, 2).reshape(batch_frames, pixels, channels)
+        return self.attn1_5.to_out[1](self.attn1_5.to_out[0](out))
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         audio_tokens: torch.Tensor,
-        reference_feature: torch.Tensor,
+        reference_feature: torch.Tensor | ReferenceKV,
         reference_weight: float = 1.0,
         audio_weight: float = 1.0,
     ) -> torch.Tensor:
         norm_hidden = self.norm1(hidden_states)
         hidden_states = hidden_states + self.attn1(norm_hidden)
-        reference_out = self.attn1_5(self.norm1_5(hidden_states), encoder_hidden_states=reference_feature)
+        normed = self.norm1_5(hidden_states)
+        if isinstance(reference_feature, ReferenceKV):
+            reference_out = self._cached_reference_attention(normed, reference_feature)
+        else:
+            reference_out = self.attn1_5(normed, encoder_hidden_states=reference_feature)
         hidden_states = hidden_states + reference_weight * reference_out
         audio_out = self.attn2(self.norm2(hidden_states), encoder_hidden_states=audio_tokens)
         hidden_states = hidden_states + audio_weight * audio_out

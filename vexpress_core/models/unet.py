@@ -14,7 +14,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
-from .attention import SpatialTransformer
+from .attention import ReferenceKV, SpatialTransformer, VExpressTransformerBlock
 from .motion import MotionModule
 
 UNET_CONFIG_KEYS = (
@@ -151,6 +151,15 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
 
+    def reference_kv(self, reference_features: Mapping[str, torch.Tensor]) -> dict[str, ReferenceKV]:
+        """attn1_5 keys and values of every block, to pass as `reference_features` instead of the
+        features themselves: computed once per generation rather than for every frame of every step."""
+        return {
+            path: self.get_submodule(path).reference_kv(feature)
+            for path, feature in reference_features.items()
+            if isinstance(self.get_submodule(path), VExpressTransformerBlock)
+        }
+
     @classmethod
     def from_unet2d_config(cls, unet_config: Mapping, **overrides) -> "VExpressUNet":
         """Build from an SD1.5-family `unet/config.json` dictionary."""
@@ -208,7 +217,8 @@ class VExpressUNet(ModelMixin, ConfigMixin):
             "num_frames": num_frames,
             "audio": audio_tokens.reshape(batch * num_frames, *audio_tokens.shape[-2:]),
             "reference": {
-                path: (feature.repeat_interleave(num_frames, dim=0) if feature.shape[0] == batch != batch * num_frames else feature)
+                path: (feature.repeat_interleave(num_frames, dim=0)
+                       if not isinstance(feature, ReferenceKV) and feature.shape[0] == batch != batch * num_frames else feature)
                 for path, feature in reference_features.items()
             },
             "reference_weight": reference_weight,
