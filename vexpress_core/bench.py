@@ -1,9 +1,15 @@
-"""Sampler benchmark: s/frame and peak memory, batched windows against one window at a time.
+"""Sampler benchmark: s/frame and peak memory of three paths on the same inputs, in one process.
+
+  baseline     the published algorithm's costs with our kernels: one window per UNet call, latents
+               moved to the host after every window, reference K/V recomputed for every frame and
+               step, one frame per VAE decode;
+  one window   our path with one window per UNet call;
+  batched      our path with --window-batch windows per UNet call.
 
     python -m vexpress_core.bench                       # tiny random model on CPU, two lengths
-    python -m vexpress_core.bench --sd15 --device cuda --size 512 --seconds 10 --window-batch 2
+    python -m vexpress_core.bench --sd15 --device cuda --dtype bf16 --size 512 --seconds 10 60 --context-frames 24
 
-Both paths run in the same process on the same inputs; the ratio is printed.
+--sd15 builds the full SD1.5-size networks with random weights in memory (no files).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from .audio import synthetic_speech
 from .checkpoint import load_models
 from .keypoints import output_track
 from .pipeline import GenerationSettings, decoded_chunks, denoise, encode_speech, prepare_reference
-from .tiny import make_tiny_models
+from .tiny import make_tiny_models, random_models
 
 
 def resident_bytes() -> int:
@@ -112,22 +118,27 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = args.models or make_tiny_models(Path(tmp) / "models", sd15=args.sd15)
-        models = load_models(directory, dtype=dtype, device=args.device)
+    if args.sd15:
+        models = random_models(sd15=True, dtype=dtype, device=args.device)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            models = load_models(args.models or make_tiny_models(Path(tmp) / "models"), dtype=dtype, device=args.device)
     settings = GenerationSettings(width=args.size, height=args.size, steps=args.steps, context_frames=args.context_frames,
                                   context_overlap=args.context_overlap, deflicker=False)
     print(f"device {args.device}, dtype {dtype}, {args.size}x{args.size}, {args.steps} steps, "
           f"windows of {args.context_frames} overlapping by {args.context_overlap}, threads {torch.get_num_threads()}")
     measure(models, replace(settings, steps=1), min(args.seconds), "warm-up")
     print(f"{'path':<26} {'frames':>6} {'s/frame':>9} {'total s':>9} {'RSS MiB':>9} {'VRAM MiB':>9}")
+    baseline_settings = replace(settings, window_batch=1, decode_chunk=1, cache_reference_kv=False, latents_on_host=True)
     for seconds in args.seconds:
-        single = measure(models, replace(settings, window_batch=1, decode_chunk=1), seconds, f"one window, {seconds:g}s")
+        baseline = measure(models, baseline_settings, seconds, f"baseline, {seconds:g}s")
+        single = measure(models, replace(settings, window_batch=1), seconds, f"one window, {seconds:g}s")
         batched = measure(models, replace(settings, window_batch=args.window_batch), seconds,
                           f"{args.window_batch} windows/batch, {seconds:g}s")
-        print(single.row())
-        print(batched.row())
-        print(f"{'speed-up (one / batched)':<26} {single.seconds / batched.seconds:>6.2f}x")
+        for measurement in (baseline, single, batched):
+            print(measurement.row())
+        print(f"{'ratio one window / batched':<26} {single.seconds / batched.seconds:>6.2f}x")
+        print(f"{'ratio baseline / batched':<26} {baseline.seconds / batched.seconds:>6.2f}x")
 
 
 if __name__ == "__main__":

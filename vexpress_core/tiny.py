@@ -65,6 +65,41 @@ def tiny_wav2vec2() -> Wav2Vec2Model:
     return Wav2Vec2Model(config)
 
 
+def sd15_vae() -> AutoencoderKL:
+    """sd-vae-ft-mse's architecture (random weights)."""
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+
+
+def random_models(sd15: bool = True, dtype: torch.dtype = torch.float16, device: str = "cuda", seed: int = 0):
+    """VExpressModels with random weights built directly in memory (no files), for benchmarks:
+    SD1.5-size V-Express networks, sd-vae-ft-mse's VAE and wav2vec2-base when `sd15`."""
+    from .checkpoint import ModelPaths, VExpressModels
+
+    torch.manual_seed(seed)
+    unet_config = dict(TINY_UNET_CONFIG, **(SD15_SIZES if sd15 else {}))
+    encoder = Wav2Vec2Model(Wav2Vec2Config()) if sd15 else tiny_wav2vec2()
+    networks = [
+        build_reference_net(unet_config),
+        VExpressUNet.from_unet2d_config(unet_config),
+        VKpsGuider(conditioning_embedding_channels=unet_config["block_out_channels"][0]),
+        AudioProjection(depth=4 if sd15 else 1),
+        sd15_vae() if sd15 else tiny_vae(),
+        encoder,
+    ]
+    networks = [network.to(device, dtype).eval().requires_grad_(False) for network in networks]
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
+    nowhere = Path("(in memory)")
+    paths = ModelPaths(nowhere, {}, nowhere, nowhere, nowhere, nowhere)
+    return VExpressModels(*networks, extractor, paths, dtype, torch.device(device))
+
+
 def _randomise_zero_outputs(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Zero-initialised layers would make a random model ignore its conditions; give them small noise."""
     with torch.no_grad():
