@@ -23,3 +23,11 @@ def samples_dir() -> Path:
     path = SHARED / "samples"
     assert path.is_dir(), f"shared samples directory {path} is missing"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-weight model directory in the published layout, made once per test session."""
+    from vexpress_core.tiny import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models") / "model_ckpts")

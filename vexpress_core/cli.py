@@ -94,17 +94,29 @@ def driving_track(args: argparse.Namespace, detector):
     return None
 
 
+def distributed_state():
+    """accelerate's process state under `accelerate launch` with several processes, else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
 def run_generate(args: argparse.Namespace) -> Path:
     from .audio import load_audio
     from .checkpoint import load_models
     from .keypoints import make_detector, output_track, reference_keypoints
-    from .pipeline import encode_speech, prepare_reference, write_video
+    from .pipeline import denoise, encode_speech, prepare_reference, write_video
     from .video import check_output_path
 
     settings = settings_from(args)
     out = check_output_path(args.out)
     retarget = args.retarget or ("naive_retarget" if (args.kps or args.driving_video) else "fix_face")
-    device = args.device or default_device()
+    state = distributed_state()
+    device = args.device or (str(state.device) if state else default_device())
     image = read_image(args.reference)
     waveform = load_audio(args.audio)
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), device)
@@ -114,6 +126,9 @@ def run_generate(args: argparse.Namespace) -> Path:
     speech = encode_speech(models, waveform, settings.fps, name=str(args.audio))
     track = output_track(kps, driving_track(args, detector), settings.width, settings.height, speech.num_frames,
                          retarget, args.kps_resample, settings.fps)
+    if state is not None and not state.is_main_process:
+        denoise(models, reference, speech, track, settings)  # this process's share of the windows
+        return out
     bar, update = progress_bar(settings, speech.num_frames)
     with bar:
         write_video(models, reference, speech, track, settings, out, callback=update)

@@ -165,6 +165,30 @@ def window_batches(windows: Sequence[Sequence[int]], batch_size: int) -> list[li
     return [list(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of every step's window batches when several processes (one per GPU)
+    denoise one video: batch i belongs to rank i % world. Partial sums are added across processes
+    after each step, so every process steps identical latents."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_process_group(cls) -> "Shard":
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return cls()
+
+    def owns(self, batch_index: int) -> bool:
+        return batch_index % self.world == self.rank
+
+    def summed(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+
 @dataclass
 class Progress:
     step: int
@@ -174,12 +198,14 @@ class Progress:
 
 
 def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]],
-                       window_batch: int, blend: str, on_window: Callable[[int], None]) -> torch.Tensor:
+                       window_batch: int, blend: str, on_window: Callable[[int], None], shard: Shard = Shard()) -> torch.Tensor:
     """Every frame's prediction: the weighted mean over the windows that cover it."""
     total = torch.zeros_like(latents, dtype=torch.float32)
     weight_sum = torch.zeros(latents.shape[2], device=latents.device)
     done = 0
-    for group in window_batches(windows, window_batch):
+    for index, group in enumerate(window_batches(windows, window_batch)):
+        if not shard.owns(index):
+            continue
         predictions = denoiser(latents, timestep, group)
         for window, prediction in zip(group, predictions):
             weights = blend_weights(blend, len(window)).to(latents.device)
@@ -187,6 +213,7 @@ def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep
             weight_sum[window] += weights
             done += 1
             on_window(done)
+    total, weight_sum = shard.summed(total), shard.summed(weight_sum)
     return (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
 
 
@@ -194,11 +221,13 @@ def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps
            context_frames: int = 24, context_overlap: int = 4, blend: str = "mean", window_batch: int = 1,
            generator: torch.Generator | None = None, eta: float = 0.0,
            callback: Callable[[Progress], None] | None = None,
-           cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+           cancel: Callable[[], bool] | None = None, shard: Shard | None = None) -> torch.Tensor:
     """Denoise `latents` [1, C, F, h, w] (already initial noise) and return the final latents.
 
     `cancel()` is checked before every batch of windows and raises `Cancelled`; `callback` gets a
-    `Progress` after every window."""
+    `Progress` after every window. `shard` (default: from the torch.distributed process group, if
+    any) spreads each step's window batches over processes."""
+    shard = shard or Shard.from_process_group()
     num_frames = latents.shape[2]
     windows = context_windows(num_frames, context_frames, context_overlap)
     scheduler.set_timesteps(num_steps, device=latents.device)
@@ -215,6 +244,6 @@ def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps
         if cancel is not None and cancel():
             raise Cancelled(f"cancelled before step {index + 1}/{num_steps}")
         model_input = scheduler.scale_model_input(latents, timestep)
-        prediction = blended_prediction(denoiser, model_input, timestep, windows, window_batch, blend, on_window)
+        prediction = blended_prediction(denoiser, model_input, timestep, windows, window_batch, blend, on_window, shard)
         latents = scheduler.step(prediction, timestep, latents, **step_kwargs).prev_sample
     return latents
