@@ -43,6 +43,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
     parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--low-vram", action="store_true",
+                        help="keep each network on the GPU only while it runs and the latents in host memory")
 
 
 def settings_from(args: argparse.Namespace):
@@ -52,7 +54,7 @@ def settings_from(args: argparse.Namespace):
         width=args.width, height=args.height, fps=args.fps, steps=args.steps, guidance_scale=args.guidance,
         reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
         context_overlap=args.context_overlap, blend=args.blend, scheduler=args.scheduler, seed=args.seed,
-        window_batch=args.window_batch, deflicker=args.deflicker,
+        window_batch=args.window_batch, deflicker=args.deflicker, latents_on_host=args.low_vram,
     )
 
 
@@ -109,6 +111,7 @@ def run_generate(args: argparse.Namespace) -> Path:
     from .audio import load_audio
     from .checkpoint import load_models
     from .keypoints import make_detector, output_track, reference_keypoints
+    from .offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
     from .pipeline import denoise, encode_speech, prepare_reference, write_video
     from .video import check_output_path
 
@@ -119,19 +122,24 @@ def run_generate(args: argparse.Namespace) -> Path:
     device = args.device or (str(state.device) if state else default_device())
     image = read_image(args.reference)
     waveform = load_audio(args.audio)
-    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), device)
+    run_device = torch.device(device)
+    idle_device = torch.device("cpu") if args.low_vram else run_device
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
     detector = make_detector(args.detector, args.models)
-    reference = prepare_reference(models, image, settings.width, settings.height)
+    with placed(models, REFERENCE_NETWORKS, run_device, idle_device) as active:
+        reference = prepare_reference(active, image, settings.width, settings.height)
     kps = reference_keypoints(reference.image, detector, args.face_index)
-    speech = encode_speech(models, waveform, settings.fps, name=str(args.audio))
+    with placed(models, SPEECH_NETWORKS, run_device, idle_device) as active:
+        speech = encode_speech(active, waveform, settings.fps, name=str(args.audio))
     track = output_track(kps, driving_track(args, detector), settings.width, settings.height, speech.num_frames,
                          retarget, args.kps_resample, settings.fps)
     if state is not None and not state.is_main_process:
-        denoise(models, reference, speech, track, settings)  # this process's share of the windows
+        with placed(models, DENOISING_NETWORKS, run_device, idle_device) as active:
+            denoise(active, reference, speech, track, settings)  # this process's share of the windows
         return out
     bar, update = progress_bar(settings, speech.num_frames)
-    with bar:
-        write_video(models, reference, speech, track, settings, out, callback=update)
+    with bar, placed(models, DENOISING_NETWORKS + DECODING_NETWORKS, run_device, idle_device) as active:
+        write_video(active, reference, speech, track, settings, out, callback=update)
     print(f"wrote {out}: {speech.num_frames} frames at {settings.fps} fps")
     return out
 
