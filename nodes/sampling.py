@@ -64,15 +64,23 @@ class VExpressSampler:
             },
         }
 
-    def sample(self, models: ModelHandle, reference: ReferenceInput, speech: SpeechInput, kps, steps, cfg,
-               reference_weight, audio_weight, context_frames, context_overlap, blend, scheduler, seed, deflicker,
-               window_batch=1, decode_chunk=8):
-        settings = GenerationSettings(
+    @staticmethod
+    def settings(reference: ReferenceInput, speech: SpeechInput, steps, cfg, reference_weight, audio_weight,
+                 context_frames, context_overlap, blend, scheduler, seed, deflicker, window_batch=1,
+                 decode_chunk=8) -> GenerationSettings:
+        """The core's settings for these inputs (size from the reference, fps from the speech); validates them."""
+        return GenerationSettings(
             width=reference.width, height=reference.height, fps=speech.fps, steps=steps, guidance_scale=cfg,
             reference_weight=reference_weight, audio_weight=audio_weight, context_frames=context_frames,
             context_overlap=context_overlap, blend=blend, scheduler=scheduler, seed=seed, deflicker=deflicker,
             window_batch=window_batch, decode_chunk=decode_chunk,
         )
+
+    def sample(self, models: ModelHandle, reference: ReferenceInput, speech: SpeechInput, kps, steps, cfg,
+               reference_weight, audio_weight, context_frames, context_overlap, blend, scheduler, seed, deflicker,
+               window_batch=1, decode_chunk=8):
+        settings = self.settings(reference, speech, steps, cfg, reference_weight, audio_weight, context_frames,
+                                 context_overlap, blend, scheduler, seed, deflicker, window_batch, decode_chunk)
         bar = runtime.Progress(steps)
 
         def on_window(progress) -> None:
