@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from vexpress_core.audio import waveform_from_comfy
+from vexpress_core.offload import SPEECH_NETWORKS
 from vexpress_core.pipeline import encode_speech
 
 from .types import AUDIO, CATEGORY, COMFY_AUDIO, MODELS, ModelHandle, SpeechInput, cut_audio
@@ -34,6 +35,6 @@ class VExpressAudioEncode:
 
     def encode(self, models: ModelHandle, audio, fps):
         waveform = waveform_from_comfy(audio)
-        with models.using("audio_encoder") as networks:
+        with models.using(SPEECH_NETWORKS) as networks:
             speech = encode_speech(networks, waveform, fps)
         return (SpeechInput(speech, audio), speech.num_frames, cut_audio(audio, speech.num_frames / fps))

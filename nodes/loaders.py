@@ -9,6 +9,7 @@ import torch
 
 from vexpress_core.checkpoint import CheckpointError, load_models, resolve_model_paths
 from vexpress_core.keypoints import DETECTOR_NAMES, reference_keypoints
+from vexpress_core.offload import REFERENCE_NETWORKS
 from vexpress_core.pipeline import prepare_reference, resized_reference
 
 from . import runtime
@@ -161,6 +162,6 @@ class VExpressLoadReference:
             picture = picture[y0:y1, x0:x1]
         picture = resized_reference(picture, width, height)
         keypoints = reference_keypoints(picture, finder, face_choice)
-        with models.using("vae", "reference_net") as networks:
+        with models.using(REFERENCE_NETWORKS) as networks:
             reference = prepare_reference(networks, picture, width, height)
         return (ReferenceInput(reference, np.asarray(keypoints, np.float32)), uint8_to_image(reference.image[None]))

@@ -1,6 +1,7 @@
 """The V-Express sampler: reference + speech + keypoint track -> video frames."""
 from __future__ import annotations
 
+from vexpress_core.offload import DECODING_NETWORKS, DENOISING_NETWORKS
 from vexpress_core.pipeline import GenerationSettings, generate
 from vexpress_core.sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
 
@@ -20,7 +21,7 @@ from .types import (
     uint8_to_image,
 )
 
-SAMPLER_NETWORKS = ("denoising_unet", "v_kps_guider", "audio_projection", "vae")
+SAMPLER_NETWORKS = DENOISING_NETWORKS + DECODING_NETWORKS
 
 
 class VExpressSampler:
@@ -67,26 +68,28 @@ class VExpressSampler:
     @staticmethod
     def settings(reference: ReferenceInput, speech: SpeechInput, steps, cfg, reference_weight, audio_weight,
                  context_frames, context_overlap, blend, scheduler, seed, deflicker, window_batch=1,
-                 decode_chunk=8) -> GenerationSettings:
-        """The core's settings for these inputs (size from the reference, fps from the speech); validates them."""
+                 decode_chunk=8, low_vram=False) -> GenerationSettings:
+        """The core's settings for these inputs (size from the reference, fps from the speech); validates them.
+        `low_vram` keeps the latents in host memory, as the networks are when idle."""
         return GenerationSettings(
             width=reference.width, height=reference.height, fps=speech.fps, steps=steps, guidance_scale=cfg,
             reference_weight=reference_weight, audio_weight=audio_weight, context_frames=context_frames,
             context_overlap=context_overlap, blend=blend, scheduler=scheduler, seed=seed, deflicker=deflicker,
-            window_batch=window_batch, decode_chunk=decode_chunk,
+            window_batch=window_batch, decode_chunk=decode_chunk, latents_on_host=low_vram,
         )
 
     def sample(self, models: ModelHandle, reference: ReferenceInput, speech: SpeechInput, kps, steps, cfg,
                reference_weight, audio_weight, context_frames, context_overlap, blend, scheduler, seed, deflicker,
                window_batch=1, decode_chunk=8):
         settings = self.settings(reference, speech, steps, cfg, reference_weight, audio_weight, context_frames,
-                                 context_overlap, blend, scheduler, seed, deflicker, window_batch, decode_chunk)
+                                 context_overlap, blend, scheduler, seed, deflicker, window_batch, decode_chunk,
+                                 low_vram=models.low_vram)
         bar = runtime.Progress(steps)
 
         def on_window(progress) -> None:
             bar.set(progress.step * progress.num_windows + progress.window, progress.num_steps * progress.num_windows)
 
-        with models.using(*SAMPLER_NETWORKS) as networks:
+        with models.using(SAMPLER_NETWORKS) as networks:
             result = generate(networks, reference.reference, speech.speech, kps, settings,
                               callback=on_window, cancel=runtime.check_interrupted)
         frames = uint8_to_image(result.frames)

@@ -5,16 +5,15 @@ a node that needs a different value builds a new one.
 """
 from __future__ import annotations
 
-import dataclasses
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import ContextManager, Mapping
 
 import numpy as np
 import torch
 
 from vexpress_core.checkpoint import VExpressModels
 from vexpress_core.keypoints import KeypointTrack
+from vexpress_core.offload import placed
 from vexpress_core.pipeline import Reference, Speech
 
 from . import runtime
@@ -35,10 +34,7 @@ IDLE_CHOICES = ("gpu", "cpu")
 
 @dataclass(frozen=True, eq=False)
 class ModelHandle:
-    """VEXPRESS_MODELS: the loaded networks (kept on `offload_device` when idle) and where they run.
-
-    `using(...)` moves the networks a node needs to `load_device` (after asking ComfyUI to make room)
-    and, when idle modules live on the CPU, moves them back afterwards - also on error or cancel."""
+    """VEXPRESS_MODELS: the loaded networks (kept on `offload_device` when idle) and where they run."""
 
     models: VExpressModels
     name: str
@@ -53,25 +49,15 @@ class ModelHandle:
     def model_dir(self):
         return self.models.paths.root
 
-    @contextmanager
-    def using(self, *names: str) -> Iterator[VExpressModels]:
-        networks = self.models.networks()
-        unknown = sorted(set(names) - set(networks))
-        if unknown:
-            raise KeyError(f"unknown V-Express networks {unknown}; known: {sorted(networks)}")
-        chosen = [networks[name] for name in names]
-        if self.load_device != self.offload_device:
-            needed = sum(p.numel() * p.element_size() for module in chosen for p in module.parameters())
-            runtime.free_memory(int(needed * 1.3), self.load_device)
-        try:
-            for module in chosen:
-                module.to(self.load_device)
-            yield dataclasses.replace(self.models, device=self.load_device)
-        finally:
-            if self.load_device != self.offload_device:
-                for module in chosen:
-                    module.to(self.offload_device)
-                runtime.empty_cache()
+    @property
+    def low_vram(self) -> bool:
+        """Idle networks live in host memory (keep_idle_on = cpu on an accelerator)."""
+        return self.offload_device != self.load_device
+
+    def using(self, names: tuple[str, ...]) -> ContextManager[VExpressModels]:
+        """The core's `placed`: the named networks on `load_device` for the block (ComfyUI first unloads
+        its own models to make room), back on `offload_device` afterwards, also on error or cancel."""
+        return placed(self.models, names, self.load_device, self.offload_device, make_room=runtime.free_memory)
 
 
 @dataclass(frozen=True, eq=False)

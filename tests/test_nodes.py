@@ -285,12 +285,12 @@ def test_idle_networks_go_back_even_on_error():
 
     handle = vtypes.ModelHandle(FakeModels(torch.nn.Linear(2, 2)), "fake", torch.device("cpu"), torch.device("meta"))
     with pytest.raises(RuntimeError, match="boom"):
-        with handle.using("net") as models:
+        with handle.using(("net",)) as models:
             assert models.net.weight.device.type == "cpu" and models.device == torch.device("cpu")
             raise RuntimeError("boom")
     assert handle.models.net.weight.device.type == "meta"
     with pytest.raises(KeyError, match="unknown"):
-        with handle.using("vae"):
+        with handle.using(("vae",)):
             pass
 
 
