@@ -112,7 +112,7 @@ def run_generate(args: argparse.Namespace) -> Path:
     from .checkpoint import load_models
     from .keypoints import make_detector, output_track, reference_keypoints
     from .offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
-    from .pipeline import denoise, encode_speech, prepare_reference, write_video
+    from .pipeline import denoise, encode_speech, prepare_reference, resized_reference, write_video
     from .video import check_output_path
 
     settings = settings_from(args)
@@ -124,14 +124,15 @@ def run_generate(args: argparse.Namespace) -> Path:
     waveform = load_audio(args.audio)
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
-    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
     detector = make_detector(args.detector, args.models)
+    kps = reference_keypoints(resized_reference(image, settings.width, settings.height), detector, args.face_index)
+    driving = driving_track(args, detector)
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
     with placed(models, REFERENCE_NETWORKS, run_device, idle_device) as active:
         reference = prepare_reference(active, image, settings.width, settings.height)
-    kps = reference_keypoints(reference.image, detector, args.face_index)
     with placed(models, SPEECH_NETWORKS, run_device, idle_device) as active:
         speech = encode_speech(active, waveform, settings.fps, name=str(args.audio))
-    track = output_track(kps, driving_track(args, detector), settings.width, settings.height, speech.num_frames,
+    track = output_track(kps, driving, settings.width, settings.height, speech.num_frames,
                          retarget, args.kps_resample, settings.fps)
     if state is not None and not state.is_main_process:
         with placed(models, DENOISING_NETWORKS, run_device, idle_device) as active:

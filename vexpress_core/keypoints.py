@@ -195,7 +195,7 @@ def load_track(path: str | Path) -> KeypointTrack:
         else:
             raise ValueError("the suffix must be .npz or .json")
         return KeypointTrack(**record)
-    except (OSError, KeyError, TypeError, ValueError) as error:
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a keypoint track file ({error})") from error
 
 
@@ -655,7 +655,10 @@ def extract_track_from_video(
 ) -> KeypointTrack:
     """A track from a driving video, with its fps; coordinates refer to its frames (resized to size if given)."""
     fps, length = video_fps_and_length(path)
-    return extract_track(read_video_frames(path, size), detector, fps, face_index, progress, length)
+    try:
+        return extract_track(read_video_frames(path, size), detector, fps, face_index, progress, length)
+    except ValueError as error:
+        raise ValueError(f"driving video {path}: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------

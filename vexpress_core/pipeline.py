@@ -18,7 +18,7 @@ from .audio import encode_audio, frame_count, padded_audio_sequence, audio_windo
 from .checkpoint import VExpressModels
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import Conditions, GuidedDenoiser, Progress, check_context, make_scheduler, sample
+from .sampling import Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
 
 SAMPLE_RATE = 16000
@@ -61,6 +61,7 @@ class GenerationSettings:
             raise ValueError("window_batch and decode_chunk must be at least 1")
         check_context(self.context_frames, self.context_overlap)
         make_scheduler(self.scheduler)
+        blend_weights(self.blend, 1)
 
 
 @dataclass
