@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -31,3 +32,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from vexpress_core.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models") / "model_ckpts")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a busy 2-core machine the default pool is many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

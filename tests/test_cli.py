@@ -18,7 +18,6 @@ from vexpress_core import checkpoint, cli, pipeline
 from vexpress_core.audio import load_audio
 from vexpress_core.checkpoint import load_models
 from vexpress_core.keypoints import load_track
-from vexpress_core.tiny import make_tiny_models
 from vexpress_core.video import probe_video, write_mp4
 
 SAMPLE = "short_case_10"
@@ -29,26 +28,7 @@ FAST = ["--width", "64", "--height", "64", "--steps", "1", "--context-frames", "
         "--device", "cpu"]
 
 
-def shared_tiny_models(factory: pytest.TempPathFactory) -> Path:
-    """One tiny model directory per session, shared with test_pipeline.py through the session's base temp dir."""
-    target = factory.getbasetemp() / "vexpress-tiny-models"
-    if not (target / ".complete").is_file():
-        make_tiny_models(target, seed=0)
-        (target / ".complete").write_text("ok")
-    return target
-
-
-@pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
-    return shared_tiny_models(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +89,9 @@ def assert_video(path: Path, frames: int, fps: float, size=(64, 64)) -> None:
 # generate
 
 
-def test_generate_with_a_published_kps_track(tiny_models_dir, sample, inputs, tmp_path, capsys, write_video_calls):
+def test_generate_with_a_published_kps_track(tiny_model_dir, sample, inputs, tmp_path, capsys, write_video_calls):
     out = tmp_path / "kps.mp4"
-    args = generate_args(tiny_models_dir, sample / "ref.jpg", inputs["speech"], out, "--kps", str(sample / "kps.pth"))
+    args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], out, "--kps", str(sample / "kps.pth"))
     assert cli.main(args) == 0
     frames = expected_frames(inputs["speech"], 30.0)
     assert frames == 15
@@ -129,23 +109,23 @@ def test_generate_with_a_published_kps_track(tiny_models_dir, sample, inputs, tm
     assert not np.allclose(track.points, track.points[:1])  # naive_retarget follows the driving track
 
 
-def test_generate_without_driving_input_keeps_the_reference_face(tiny_models_dir, sample, inputs, tmp_path,
+def test_generate_without_driving_input_keeps_the_reference_face(tiny_model_dir, sample, inputs, tmp_path,
                                                                  write_video_calls):
     out = tmp_path / "still.mp4"
-    assert cli.main(generate_args(tiny_models_dir, sample / "ref.jpg", inputs["speech"], out)) == 0
+    assert cli.main(generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], out)) == 0
     assert_video(out, expected_frames(inputs["speech"], 30.0), 30.0)
     track = write_video_calls[0]["track"]
     assert np.array_equal(track.points, np.repeat(track.points[:1], len(track), axis=0))  # fix_face
 
 
-def test_generate_with_a_driving_video_and_every_option(tiny_models_dir, sample, inputs, tmp_path,
+def test_generate_with_a_driving_video_and_every_option(tiny_model_dir, sample, inputs, tmp_path,
                                                         write_video_calls):
     out = tmp_path / "nested" / "driven.mp4"  # missing parent folders are created
     extra = ["--driving-video", str(inputs["driving"]), "--retarget", "offset_retarget", "--fps", "25",
              "--guidance", "2.5", "--reference-weight", "0.9", "--audio-weight", "2", "--seed", "7",
              "--blend", "ramp", "--window-batch", "2", "--scheduler", "euler", "--no-deflicker",
              "--kps-resample", "stretch", "--dtype", "fp32", "--detector", "retinaface"]
-    args = with_changes(generate_args(tiny_models_dir, sample / "ref.jpg", inputs["speech"], out, *extra),
+    args = with_changes(generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], out, *extra),
                         {"--width": "80"})
     assert cli.main(args) == 0
     frames = expected_frames(inputs["speech"], 25.0)
@@ -172,15 +152,15 @@ def test_make_tiny_models_output_loads(tmp_path, capsys):
     assert list(models.denoising_unet.config.block_out_channels) == [32, 32, 64, 64]
 
 
-def test_convert_writes_safetensors_that_load(tiny_models_dir, tmp_path, capsys):
+def test_convert_writes_safetensors_that_load(tiny_model_dir, tmp_path, capsys):
     from safetensors import safe_open
 
     dst = tmp_path / "converted"
-    assert cli.main(["convert", str(tiny_models_dir), str(dst)]) == 0
+    assert cli.main(["convert", str(tiny_model_dir), str(dst)]) == 0
     assert sorted(p.name for p in dst.iterdir()) == sorted(f"{name}.safetensors" for name in WEIGHT_FILES)
     assert capsys.readouterr().out.count("wrote ") == 5
-    original = load_models(tiny_models_dir)
-    converted = load_models(tiny_models_dir, weights_dir=dst)
+    original = load_models(tiny_model_dir)
+    converted = load_models(tiny_model_dir, weights_dir=dst)
     assert all(path.suffix == ".safetensors" and path.parent == dst for path in converted.paths.weights.values())
     for name in ("reference_net", "denoising_unet", "v_kps_guider", "audio_projection"):
         before, after = getattr(original, name).state_dict(), getattr(converted, name).state_dict()
@@ -188,12 +168,12 @@ def test_convert_writes_safetensors_that_load(tiny_models_dir, tmp_path, capsys)
         assert all(torch.equal(before[key], after[key]) for key in before), name
 
     half = tmp_path / "fp16"
-    assert cli.main(["convert", str(tiny_models_dir), str(half), "--dtype", "fp16"]) == 0
+    assert cli.main(["convert", str(tiny_model_dir), str(half), "--dtype", "fp16"]) == 0
     with safe_open(str(half / "motion_module.safetensors"), "pt") as weights:
         dtypes = {key: weights.get_tensor(key).dtype for key in weights.keys()}
     assert {d for k, d in dtypes.items() if k.endswith("pos_encoder.pe")} == {torch.float32}
     assert {d for k, d in dtypes.items() if not k.endswith("pos_encoder.pe")} == {torch.float16}
-    load_models(tiny_models_dir, weights_dir=half)
+    load_models(tiny_model_dir, weights_dir=half)
 
 
 def test_extract_kps_writes_a_track_with_the_video_fps(samples_dir, tmp_path):
@@ -267,11 +247,11 @@ def with_changes(args: list[str], changes: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.parametrize("case", CHEAP_BAD_GENERATE)
-def test_generate_bad_input_fails_before_loading_models(case, tiny_models_dir, sample, inputs, tmp_path, capsys,
+def test_generate_bad_input_fails_before_loading_models(case, tiny_model_dir, sample, inputs, tmp_path, capsys,
                                                         no_model_loading):
     changes, words = CHEAP_BAD_GENERATE[case]
     names = {"tmp": str(tmp_path), **{key: str(path) for key, path in inputs.items()}}
-    args = generate_args(tiny_models_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
+    args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
     args = with_changes(args, {flag: value.format(**names) for flag, value in changes.items()})
     assert cli.main(args) == 2
     assert_error(capsys, *(word.format(**names) for word in words))
@@ -311,10 +291,10 @@ def faceless_video(inputs):
 
 @pytest.mark.parametrize("case", ["malformed_kps", "corrupt_npz", "missing_kps", "faceless_reference",
                                   "faceless_driving_video"])
-def test_generate_bad_track_or_face_fails_with_exit_2(case, tiny_models_dir, sample, inputs, tmp_path, capsys,
+def test_generate_bad_track_or_face_fails_with_exit_2(case, tiny_model_dir, sample, inputs, tmp_path, capsys,
                                                      faceless_video):
     extra, words = bad_track_cases(inputs, tmp_path)[case]
-    args = generate_args(tiny_models_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
+    args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
     if extra[0] == "--reference":
         args = with_changes(args, {"--reference": extra[1]})
     else:
@@ -326,11 +306,11 @@ def test_generate_bad_track_or_face_fails_with_exit_2(case, tiny_models_dir, sam
 
 @pytest.mark.parametrize("case", ["malformed_kps", "missing_kps", "faceless_reference"])
 def test_generate_checks_the_track_and_the_reference_face_before_loading_models(
-        case, tiny_models_dir, sample, inputs, tmp_path, capsys, no_model_loading):
+        case, tiny_model_dir, sample, inputs, tmp_path, capsys, no_model_loading):
     """A broken track file or a photo without a face needs no model to be noticed; with the real
     weights loading them takes far longer than the check."""
     extra, words = bad_track_cases(inputs, tmp_path)[case]
-    args = generate_args(tiny_models_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
+    args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
     if extra[0] == "--reference":
         args = with_changes(args, {"--reference": extra[1]})
     else:
@@ -352,11 +332,11 @@ def test_extract_kps_bad_input(inputs, tmp_path, capsys, faceless_video):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_faceless_driving_video_error_names_the_video(tiny_models_dir, sample, inputs, tmp_path, capsys,
+def test_faceless_driving_video_error_names_the_video(tiny_model_dir, sample, inputs, tmp_path, capsys,
                                                     faceless_video):
     assert cli.main(["extract-kps", str(faceless_video), str(tmp_path / "o.npz"), "--detector", "retinaface"]) == 2
     assert_error(capsys, "no face", str(faceless_video))
-    args = generate_args(tiny_models_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
+    args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
     args[-2:-2] = ["--driving-video", str(faceless_video)]
     assert cli.main(args) == 2
     assert_error(capsys, "no face", str(faceless_video))

@@ -49,7 +49,6 @@ from vexpress_core.sampling import (
     blended_prediction,
     context_windows,
 )
-from vexpress_core.tiny import make_tiny_models
 from vexpress_core.video import VideoWriter, probe_video
 
 SAMPLE = "short_case_10"
@@ -62,31 +61,12 @@ FAST = dict(width=SIZE, height=SIZE, steps=1, context_frames=8, context_overlap=
 # Fixtures
 
 
-def shared_tiny_models(factory: pytest.TempPathFactory) -> Path:
-    """One tiny model directory per session, shared with test_cli.py through the session's base temp dir."""
-    target = factory.getbasetemp() / "vexpress-tiny-models"
-    if not (target / ".complete").is_file():
-        make_tiny_models(target, seed=0)
-        (target / ".complete").write_text("ok")
-    return target
-
-
-@pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
-    return shared_tiny_models(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tiny_models_dir):
-    return load_models(tiny_models_dir)
+def models(tiny_model_dir):
+    return load_models(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -349,14 +329,14 @@ def windowed_speech(models, waveform) -> Speech:
 
 
 @pytest.fixture(scope="module")
-def batched_runs(tiny_models_dir, ref_image, reference_kps, waveform):
+def batched_runs(tiny_model_dir, ref_image, reference_kps, waveform):
     """denoise with window_batch 1 and 3: final latents, UNet batch sizes and progress per run.
 
     In float64: at 64x64 the tiny random UNet's innermost blocks are 1x1 pixel (2 values per
     GroupNorm group) and it is ill-conditioned - a 1e-6 relative change of the latents can move a
     CFG prediction by up to ~0.1 (at 128x128 by ~3e-6) - so fp32 rounding differences between
     batch sizes (~1e-7) grow to ~1e-1 over two steps. In float64 window batching is exact."""
-    models = load_models(tiny_models_dir, dtype=torch.float64)
+    models = load_models(tiny_model_dir, dtype=torch.float64)
     reference = prepare_reference(models, ref_image, SIZE, SIZE)
     speech = encode_speech(models, clip(waveform, 0.7), 30.0)
     assert speech.num_frames == 21
@@ -637,7 +617,7 @@ def test_track_of_the_wrong_length_or_size_is_rejected_before_the_unet(models, r
     assert unet_spy.sizes == []
 
 
-def test_missing_model_files_raise_naming_what_is_missing(tmp_path, tiny_models_dir):
+def test_missing_model_files_raise_naming_what_is_missing(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="does not exist"):
         load_models(tmp_path / "nowhere")
     empty = tmp_path / "empty"
@@ -650,12 +630,12 @@ def test_missing_model_files_raise_naming_what_is_missing(tmp_path, tiny_models_
         assert name in message, name
     # A complete directory but for one file.
     partial = tmp_path / "partial"
-    for entry in tiny_models_dir.iterdir():
+    for entry in tiny_model_dir.iterdir():
         if entry.name != "v-express":
             (partial / entry.name).parent.mkdir(parents=True, exist_ok=True)
             (partial / entry.name).symlink_to(entry)
     (partial / "v-express").mkdir()
-    for weights in (tiny_models_dir / "v-express").iterdir():
+    for weights in (tiny_model_dir / "v-express").iterdir():
         if not weights.name.startswith("audio_projection"):
             (partial / "v-express" / weights.name).symlink_to(weights)
     with pytest.raises(ValueError, match="audio_projection") as raised:
