@@ -18,7 +18,7 @@ from .audio import encode_audio, frame_count, padded_audio_sequence, audio_windo
 from .checkpoint import VExpressModels
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
+from .sampling import CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
 
 SAMPLE_RATE = 16000
@@ -47,6 +47,7 @@ class GenerationSettings:
     deflicker: bool = True
     cache_reference_kv: bool = True
     latents_on_host: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -176,7 +177,8 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
         audio_token_source(models, speech, settings.num_pad_audio_frames),
         kps_feature_source(models, track, width, height),
     )
-    denoiser = GuidedDenoiser(models.denoising_unet, conditions, settings.guidance_scale,
+    unet = CompiledWithFallback(models.denoising_unet) if settings.compile else models.denoising_unet
+    denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
                               settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
     generator = torch.Generator(device=models.device).manual_seed(settings.seed)
     latents = latents.to(torch.float32)

@@ -9,6 +9,7 @@ The model call is composed as `guided(windowed(unet))`-style pure pieces:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -100,6 +101,28 @@ class Conditions:
     reference_features: Mapping[str, torch.Tensor]  # block path -> [1, L, C]
     audio_tokens: Callable[[int, int], torch.Tensor]  # (start, stop) -> [n, T, D]
     kps_features: Callable[[int, int], torch.Tensor] | None  # (start, stop) -> [1, C0, n, h, w]
+
+
+class CompiledWithFallback:
+    """A `torch.compile`d network that runs eagerly instead when compilation fails (no compiler,
+    an unsupported backend or op). Attribute access goes to the wrapped network."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self._call = torch.compile(module)
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self._call(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            if self._call is self.module:
+                raise
+            warnings.warn(f"torch.compile failed, running {type(self.module).__name__} eagerly: {error}", stacklevel=2)
+            self._call = self.module
+            return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
 
 
 def _with_unconditional(tensor: torch.Tensor) -> torch.Tensor:
