@@ -33,15 +33,15 @@ from vexpress_core.audio import (
 from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, load_models, read_unet_config
 from vexpress_core.keypoints import draw_kps_image, read_video_frames
 from vexpress_core.models import VExpressUNet, reference_features
-from vexpress_core.tiny import make_tiny_models
 from vexpress_core.video import write_mp4
 from training import prepare as prepare_module
 from training.clipdata import DataError, read_labels, read_manifest
 from training.config import ConfigError, TrainConfig, load_config
 from training.dataset import EpochSampler, TalkingFaceClips, flipped_points, window_and_reference, WindowSpec
 from training.initialise import checkpoint_networks, initial_networks
-from training.objective import DropoutRates, condition_keep, training_loss, training_scheduler
+from training.objective import DropoutRates, condition_keep, min_snr_weights, offset_noise, training_loss, training_scheduler
 from training.stages import apply_stage, trainable_names
+from training.train import cli as train_cli
 from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,12 +60,8 @@ TINY = ["resolution=64", "batch_size=1", "num_workers=0", "mixed_precision=no", 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread (CI has 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_torch_thread):
+    """Every test here, and the module's training runs, on one torch thread."""
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +70,8 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_models(work) -> Path:
-    return make_tiny_models(work / "models")
+def tiny_models(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 def cut_clip(source: Path, out: Path, num_frames: int | None = None, with_audio: bool = True, frames_fn=None) -> Path:
@@ -145,8 +141,7 @@ def test_prepare_skips_bad_clips_and_reports_why(prepared, videos):
     assert reasons["no_audio.mp4"].startswith("no audio")
     assert reasons["no_face.mp4"].startswith(f"no face in {BAD_CLIP_FRAMES} of {BAD_CLIP_FRAMES}")
     assert reasons["two_faces.mp4"].startswith("several faces")
-    # A file that is not a video has no decodable audio stream either; the first check names it.
-    assert reasons["corrupt.mp4"].startswith(("no audio", "cannot read"))
+    assert reasons["corrupt.mp4"].startswith("cannot read the video")
     resolution, clips = read_manifest(prepared)
     assert resolution == SIZE and sorted(clip.id for clip in clips) == sorted(GOOD_CASES)
 
@@ -424,7 +419,27 @@ def test_two_processes_train_with_gloo(work, prepared, tiny_models):
 # Configuration and initialisation
 
 
-def test_config_errors_name_the_problem(tmp_path):
+def test_min_snr_weights_and_offset_noise():
+    scheduler = training_scheduler()
+    gamma = 5.0
+    timesteps = torch.tensor([0, 500, scheduler.config.num_train_timesteps - 1])
+    weights = min_snr_weights(scheduler, timesteps, gamma)
+    snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
+    assert scheduler.alphas_cumprod[-1] == 0  # zero terminal SNR
+    torch.testing.assert_close(weights, (snr + 1).clamp(max=gamma) / (snr + 1))
+    assert weights[-1] == 1 and weights[0] < 0.01
+    latents = torch.zeros(64, 4, 2, 8, 8)
+    noise = offset_noise(latents, 0.05, torch.Generator().manual_seed(0))
+    offset = (noise - torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))) / 0.05
+    constant = offset[:, :, :1, :1, :1]
+    torch.testing.assert_close(offset, constant.expand_as(offset), rtol=0, atol=1e-4)  # one value per sample and channel
+    assert 0.8 < constant.std() < 1.2
+
+
+def test_config_errors_name_the_problem(tmp_path, prepared, tiny_models, capsys):
+    code = train_cli(["--config", str(CONFIGS / "stage_1.yaml"), "--data", str(prepared), "--models", str(tiny_models),
+                      "--output", str(tmp_path / "run"), "--set", "colour=red"])
+    assert code == 2 and "unknown config key(s) colour in --set; valid keys: stage, resolution" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) colour .*valid keys: stage, resolution"):
         load_config(CONFIGS / "stage_1.yaml", {"colour": "red"})
     bad = tmp_path / "bad.yaml"

@@ -199,9 +199,12 @@ def jpeg_stream(frames: Iterable[np.ndarray], quality: int) -> tuple[list[bytes]
 def prepare_clip(video: Path, clip_dir: Path, detector: FaceDetector, feature_extractor, encoder,
                  options: PrepareOptions) -> ClipMeta:
     """Prepare one video into `clip_dir`; SkipClip says why it cannot be used."""
-    wave = clip_audio(video)
     try:
         fps, _ = video_fps_and_length(video)
+    except (av.error.FFmpegError, ValueError, IndexError) as error:
+        raise SkipClip(f"cannot read the video ({error or 'no video stream'})") from None
+    wave = clip_audio(video)
+    try:
         track = face_track(read_video_frames(video), detector, options.max_missing)
         square = crop_square(track, options.crop, options.face_scale)
         jpegs, offsets = jpeg_stream(cropped_frames(read_video_frames(video), square, options.resolution), options.jpeg_quality)

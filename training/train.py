@@ -313,9 +313,10 @@ def main(argv: list[str] | None = None) -> TrainResult:
     return TrainResult(losses, checkpoint)
 
 
-def cli() -> int:
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: errors in the config, data or weights print one clear line and exit 2."""
     try:
-        main()
+        main(argv)
     except (ConfigError, DataError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
