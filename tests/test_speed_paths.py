@@ -61,3 +61,21 @@ def test_compiled_wrapper_passes_attributes_through(job):
     wrapper.module = models.denoising_unet
     assert wrapper.dtype == models.denoising_unet.dtype
     assert wrapper.config.in_channels == 4
+
+
+def test_cancel_is_honoured_while_decoding(job):
+    from vexpress_core.pipeline import decoded_chunks
+    from vexpress_core.sampling import Cancelled
+
+    models, _, speech, _ = job
+    latents = torch.zeros(1, 4, speech.num_frames, 16, 16)
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    chunks = decoded_chunks(models, latents, chunk=4, cancel=cancel)
+    assert next(chunks).shape[0] == 4
+    with pytest.raises(Cancelled, match="decoding frame 5/"):
+        next(chunks)

@@ -18,7 +18,7 @@ from .audio import encode_audio, frame_count, padded_audio_sequence, audio_windo
 from .checkpoint import VExpressModels
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
+from .sampling import Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
 
 SAMPLE_RATE = 16000
@@ -194,11 +194,15 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
 
 
 @torch.no_grad()
-def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8) -> Iterator[torch.Tensor]:
-    """Frames [n, 3, H, W] in [0, 1] (float32, CPU), `chunk` frames per VAE call."""
+def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8,
+                   cancel: Callable[[], bool] | None = None) -> Iterator[torch.Tensor]:
+    """Frames [n, 3, H, W] in [0, 1] (float32, CPU), `chunk` frames per VAE call; `cancel()` is
+    checked before every call and raises `Cancelled`."""
     vae = models.vae
     frames = latents[0].permute(1, 0, 2, 3)
     for start in range(0, frames.shape[0], chunk):
+        if cancel is not None and cancel():
+            raise Cancelled(f"cancelled while decoding frame {start + 1}/{frames.shape[0]}")
         piece = frames[start:start + chunk] * (1 / vae.config.scaling_factor)
         images = vae.decode(piece.to(vae.device, vae.dtype)).sample
         yield (images / 2 + 0.5).clamp(0, 1).float().cpu()
@@ -223,7 +227,7 @@ def generate(models: VExpressModels, reference: Reference, speech: Speech, track
              callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Generation:
     """The whole video in memory (what a ComfyUI IMAGE output needs)."""
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
-    frames = np.concatenate(list(frames_hwc(decoded_chunks(models, final, settings.decode_chunk), settings.deflicker)))
+    frames = np.concatenate(list(frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel), settings.deflicker)))
     samples = int(round(len(frames) / settings.fps * SAMPLE_RATE))
     return Generation(frames, settings.fps, speech.waveform[:samples], final)
 
@@ -235,7 +239,7 @@ def write_video(models: VExpressModels, reference: Reference, speech: Speech, tr
     check_output_path(out_path)
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
     with VideoWriter(out_path, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
-        for chunk in frames_hwc(decoded_chunks(models, final, settings.decode_chunk), settings.deflicker):
+        for chunk in frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel), settings.deflicker):
             writer.write(chunk)
     return Path(out_path)
 
