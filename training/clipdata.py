@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -53,11 +54,27 @@ class ClipLabels:
     face_found: np.ndarray
 
 
-def write_clip(clip_dir: Path, meta: ClipMeta, jpegs: list[bytes], labels: ClipLabels, audio: np.ndarray) -> None:
-    """Write one clip into a fresh folder next to `clip_dir`, then move it into place."""
-    partial = clip_dir.with_name(clip_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / FRAMES).write_bytes(b"".join(jpegs))
+def partial_dir(clip_dir: Path) -> Path:
+    """The folder a clip is written into before it is moved into place."""
+    return clip_dir.with_name(clip_dir.name + ".partial")
+
+
+def write_frames(frames: Iterable[np.ndarray], path: Path, quality: int) -> np.ndarray:
+    """Stream RGB frames into `path` as JPEG images back to back; return their byte offsets [N+1]."""
+    offsets = [0]
+    with open(path, "wb") as stream:
+        for frame in frames:
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok:
+                raise DataError(f"{path}: frame {len(offsets) - 1} could not be JPEG-encoded")
+            stream.write(data.tobytes())
+            offsets.append(offsets[-1] + data.size)
+    return np.array(offsets, np.int64)
+
+
+def finish_clip(clip_dir: Path, meta: ClipMeta, labels: ClipLabels, audio: np.ndarray) -> None:
+    """Write the labels, audio and meta next to the frames in the partial folder, then move it into place."""
+    partial = partial_dir(clip_dir)
     np.savez(partial / LABELS, **asdict(labels))
     np.save(partial / AUDIO, audio.astype(np.float32))
     (partial / META).write_text(json.dumps(asdict(meta), indent=1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from vexpress_core.audio import SAMPLE_RATE, encode_audio, load_audio, load_audio_encoder, padded_audio_sequence
 from vexpress_core.keypoints import FaceDetector, make_detector, read_video_frames, video_fps_and_length
 
-from .clipdata import CLIPS, META, REPORT, ClipLabels, ClipMeta, read_meta, write_clip, write_manifest
+from .clipdata import CLIPS, FRAMES, META, REPORT, ClipLabels, ClipMeta, finish_clip, partial_dir, read_meta, write_frames, write_manifest
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 CROP_MODES = ("face", "center")
@@ -159,7 +160,7 @@ def mouth_boxes(landmarks: np.ndarray, mouth_scale: float) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=-1).astype(np.float32)
 
 
-def frame_labels(track: FaceTrack, square: tuple[int, int, int], resolution: int, options: PrepareOptions,
+def frame_labels(track: FaceTrack, square: tuple[int, int, int], resolution: int, mouth_scale: float,
                  offsets: np.ndarray) -> ClipLabels:
     """Labels in training-frame pixels: boxes on pixel edges, points on pixel centres."""
     x0, y0, side = square
@@ -171,7 +172,7 @@ def frame_labels(track: FaceTrack, square: tuple[int, int, int], resolution: int
         frame_offsets=offsets,
         face_boxes=boxes.astype(np.float32),
         landmarks=landmarks.astype(np.float32),
-        mouth_boxes=mouth_boxes(landmarks + 0.5, options.mouth_scale),
+        mouth_boxes=mouth_boxes(landmarks + 0.5, mouth_scale),
         face_found=track.found,
     )
 
@@ -181,19 +182,11 @@ def audio_per_frame(wave: np.ndarray, num_frames: int, fps: float, feature_extra
     interpolated to two per frame [2N, D] - the rows inference windows over."""
     samples = round(num_frames / fps * SAMPLE_RATE)
     wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
-    hidden = encode_audio(wave, feature_extractor, encoder)
+    try:
+        hidden = encode_audio(wave, feature_extractor, encoder)
+    except ValueError as error:
+        raise SkipClip(f"no usable audio ({error})") from None
     return padded_audio_sequence(hidden, num_frames, num_pad=0).numpy()
-
-
-def jpeg_stream(frames: Iterable[np.ndarray], quality: int) -> tuple[list[bytes], np.ndarray]:
-    """JPEG bytes of each RGB frame and the byte offsets [N+1] of the frames laid back to back."""
-    jpegs = []
-    for frame in frames:
-        ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise SkipClip("a frame could not be JPEG-encoded")
-        jpegs.append(data.tobytes())
-    return jpegs, np.concatenate([[0], np.cumsum([len(jpeg) for jpeg in jpegs])]).astype(np.int64)
 
 
 def prepare_clip(video: Path, clip_dir: Path, detector: FaceDetector, feature_extractor, encoder,
@@ -204,18 +197,25 @@ def prepare_clip(video: Path, clip_dir: Path, detector: FaceDetector, feature_ex
     except (av.error.FFmpegError, ValueError, IndexError) as error:
         raise SkipClip(f"cannot read the video ({error or 'no video stream'})") from None
     wave = clip_audio(video)
+    partial = partial_dir(clip_dir)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     try:
         track = face_track(read_video_frames(video), detector, options.max_missing)
         square = crop_square(track, options.crop, options.face_scale)
-        jpegs, offsets = jpeg_stream(cropped_frames(read_video_frames(video), square, options.resolution), options.jpeg_quality)
+        frames = cropped_frames(read_video_frames(video), square, options.resolution)
+        offsets = write_frames(frames, partial / FRAMES, options.jpeg_quality)
+        if len(offsets) - 1 != len(track.found):
+            raise SkipClip(f"the video decoded to {len(track.found)} frames, then to {len(offsets) - 1}")
+        meta = ClipMeta(clip_dir.name, len(track.found), fps, str(video), options.resolution)
+        audio = audio_per_frame(wave, meta.num_frames, fps, feature_extractor, encoder)
     except (av.error.FFmpegError, ValueError) as error:
+        shutil.rmtree(partial)
         raise SkipClip(f"cannot read the video ({error})") from None
-    if len(jpegs) != len(track.found):
-        raise SkipClip(f"the video decoded to {len(track.found)} then {len(jpegs)} frames")
-    labels = frame_labels(track, square, options.resolution, options, offsets)
-    meta = ClipMeta(clip_dir.name, len(jpegs), fps, str(video), options.resolution)
-    audio = audio_per_frame(wave, meta.num_frames, fps, feature_extractor, encoder)
-    write_clip(clip_dir, meta, jpegs, labels, audio)
+    except SkipClip:
+        shutil.rmtree(partial)
+        raise
+    finish_clip(clip_dir, meta, frame_labels(track, square, options.resolution, options.mouth_scale, offsets), audio)
     return meta
 
 
