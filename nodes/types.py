@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from vexpress_core.checkpoint import VExpressModels
-from vexpress_core.keypoints import KeypointTrack
 from vexpress_core.offload import placed
 from vexpress_core.pipeline import Reference, Speech
 

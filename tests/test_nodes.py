@@ -17,7 +17,8 @@ import torch
 import nodes
 from nodes import runtime
 from nodes import types as vtypes
-from nodes.loaders import crop_box, model_folder_path, model_folders
+from nodes.loaders import model_folder_path, model_folders
+from vexpress_core.keypoints import crop_box
 from vexpress_core.audio import load_audio
 from vexpress_core.keypoints import KeypointTrack
 from vexpress_core.tiny import make_tiny_models

@@ -568,15 +568,41 @@ def _selected_face(faces: list[Face], face_index: int | None) -> Face | None:
     return left_to_right[face_index] if 0 <= face_index < len(left_to_right) else None
 
 
-def reference_keypoints(image_rgb: np.ndarray, detector: FaceDetector, face_index: int | None = None) -> np.ndarray:
-    """(left eye, right eye, nose) float32 [3,2] of the largest face (or the face_index-th from the left)."""
-    faces = detector.detect(image_rgb)
+def select_face(faces: list[Face], face_index: int | None, where: str) -> Face:
+    """The largest face, or the face_index-th from the image's left; a clear error naming `where` when absent."""
     face = _selected_face(faces, face_index)
     if face is None:
         if not faces:
-            raise ValueError("no face found in the reference image; use a clear, front-facing portrait")
-        raise ValueError(f"face_index {face_index} is out of range: the reference image has {len(faces)} face(s)")
-    return face.kps[:3].copy()
+            raise ValueError(f"no face found in {where}; use a clear, front-facing portrait")
+        raise ValueError(f"face_index {face_index} is out of range: {where} has {len(faces)} face(s)")
+    return face
+
+
+def reference_keypoints(image_rgb: np.ndarray, detector: FaceDetector, face_index: int | None = None) -> np.ndarray:
+    """(left eye, right eye, nose) float32 [3,2] of the chosen face in the reference image."""
+    return select_face(detector.detect(image_rgb), face_index, "the reference image").kps[:3].copy()
+
+
+def crop_box(image_size: tuple[int, int], aspect: float, face_box: tuple[float, float, float, float] | None = None,
+             margin: float = 0.0) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the largest crop with width/height = `aspect` centred on the image, or,
+    given `face_box`, the smallest such crop holding the face plus `margin` x its size on every side,
+    kept inside the image (shrunk if the image is too small)."""
+    width, height = image_size
+    if face_box is None:
+        crop_w = min(width, height * aspect)
+        centre_x, centre_y = width / 2, height / 2
+    else:
+        x0, y0, x1, y1 = face_box
+        size = max(x1 - x0, y1 - y0)
+        need_w, need_h = (x1 - x0) + 2 * margin * size, (y1 - y0) + 2 * margin * size
+        crop_w = min(max(need_w, need_h * aspect), width, height * aspect)
+        centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
+    crop_h = crop_w / aspect
+    left = min(max(centre_x - crop_w / 2, 0.0), width - crop_w)
+    top = min(max(centre_y - crop_h / 2, 0.0), height - crop_h)
+    box = (round(left), round(top), round(left + crop_w), round(top + crop_h))
+    return box[0], box[1], min(box[2], width), min(box[3], height)
 
 
 def _filled_points(points: np.ndarray, valid: np.ndarray) -> np.ndarray:
