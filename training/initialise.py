@@ -54,13 +54,9 @@ def fresh_networks(unet_config: Mapping, audio_dim: int, audio_projection_depth:
 
 
 def checkpoint_networks(models_dir: Path, weights_dir: Path) -> VExpressNet:
-    """The four networks of a V-Express checkpoint folder (five files, .safetensors or .bin), each
-    tensor in its own allocation: tensors read from a file are views at arbitrary offsets of one
-    buffer, and CPU kernels round differently on differently aligned memory, so a resumed run
-    would not repeat an uninterrupted one bit for bit."""
-    net = VExpressNet(*load_vexpress_networks(resolve_model_paths(models_dir, weights_dir)))
-    net.load_state_dict({key: value.clone() for key, value in net.state_dict().items()}, assign=True)
-    return net
+    """The four networks of a V-Express checkpoint folder (five files, .safetensors or .bin); the
+    loader gives every tensor its own aligned allocation, which exact resumes rely on."""
+    return VExpressNet(*load_vexpress_networks(resolve_model_paths(models_dir, weights_dir)))
 
 
 def sd_unet_file(path: Path) -> Path:

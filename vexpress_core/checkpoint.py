@@ -182,7 +182,9 @@ def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], so
             tensor = sinusoidal_position_code(*state[key].shape[1:]) if key.endswith(POSITION_CODE_SUFFIX) else state[key]
             # Position codes stay fp32 whatever the file holds, as the published buffers are.
             target = torch.float32 if key.endswith(POSITION_CODE_SUFFIX) else dtype
-            converted[key] = tensor.to(device=device, dtype=target if tensor.is_floating_point() else tensor.dtype)
+            # Always a fresh, aligned copy: views into a memory-mapped file sit at arbitrary offsets,
+            # and some CPU kernels round differently on such storage.
+            converted[key] = tensor.to(device=device, dtype=target if tensor.is_floating_point() else tensor.dtype, copy=True)
     model.load_state_dict(converted, strict=False, assign=True)
     for name, buffer in model.named_buffers():
         if buffer.device.type == "meta":
