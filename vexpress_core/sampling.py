@@ -158,7 +158,7 @@ class GuidedDenoiser:
                 features[path] = _with_unconditional(batch) if self.guided else batch
             if self.cache_reference_kv:
                 features = self.unet.reference_kv(features)
-            self._reference_cache = {windows: features}
+            self._reference_cache[windows] = features  # at most two sizes: full batches and the remainder
         return self._reference_cache[windows]
 
     def __call__(self, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]]) -> torch.Tensor:
