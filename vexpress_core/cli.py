@@ -43,6 +43,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
     parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (large sizes, small GPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (falls back to eager on failure)")
     parser.add_argument("--low-vram", action="store_true",
                         help="keep each network on the GPU only while it runs and the latents in host memory")
@@ -56,6 +57,7 @@ def settings_from(args: argparse.Namespace):
         reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
         context_overlap=args.context_overlap, blend=args.blend, scheduler=args.scheduler, seed=args.seed,
         window_batch=args.window_batch, deflicker=args.deflicker, latents_on_host=args.low_vram, compile=args.compile,
+        vae_tiling=args.vae_tiling,
     )
 
 

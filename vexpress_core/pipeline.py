@@ -48,6 +48,7 @@ class GenerationSettings:
     cache_reference_kv: bool = True
     latents_on_host: bool = False
     compile: bool = False
+    vae_tiling: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -195,16 +196,17 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
 
 @torch.no_grad()
 def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8,
-                   cancel: Callable[[], bool] | None = None) -> Iterator[torch.Tensor]:
-    """Frames [n, 3, H, W] in [0, 1] (float32, CPU), `chunk` frames per VAE call; `cancel()` is
-    checked before every call and raises `Cancelled`."""
+                   cancel: Callable[[], bool] | None = None, tiled: bool = False) -> Iterator[torch.Tensor]:
+    """Frames [n, 3, H, W] in [0, 1] (float32, CPU), `chunk` frames per VAE call (spatially tiled
+    with `tiled`, for large sizes on small GPUs); `cancel()` is checked before every call and
+    raises `Cancelled`."""
     vae = models.vae
     frames = latents[0].permute(1, 0, 2, 3)
     for start in range(0, frames.shape[0], chunk):
         if cancel is not None and cancel():
             raise Cancelled(f"cancelled while decoding frame {start + 1}/{frames.shape[0]}")
-        piece = frames[start:start + chunk] * (1 / vae.config.scaling_factor)
-        images = vae.decode(piece.to(vae.device, vae.dtype)).sample
+        piece = (frames[start:start + chunk] * (1 / vae.config.scaling_factor)).to(vae.device, vae.dtype)
+        images = vae.tiled_decode(piece).sample if tiled else vae.decode(piece).sample
         yield (images / 2 + 0.5).clamp(0, 1).float().cpu()
 
 
@@ -227,7 +229,7 @@ def generate(models: VExpressModels, reference: Reference, speech: Speech, track
              callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Generation:
     """The whole video in memory (what a ComfyUI IMAGE output needs)."""
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
-    frames = np.concatenate(list(frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel), settings.deflicker)))
+    frames = np.concatenate(list(frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel, settings.vae_tiling), settings.deflicker)))
     samples = int(round(len(frames) / settings.fps * SAMPLE_RATE))
     return Generation(frames, settings.fps, speech.waveform[:samples], final)
 
@@ -239,7 +241,7 @@ def write_video(models: VExpressModels, reference: Reference, speech: Speech, tr
     check_output_path(out_path)
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
     with VideoWriter(out_path, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
-        for chunk in frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel), settings.deflicker):
+        for chunk in frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel, settings.vae_tiling), settings.deflicker):
             writer.write(chunk)
     return Path(out_path)
 
