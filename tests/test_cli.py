@@ -289,16 +289,22 @@ def faceless_video(inputs):
     return path
 
 
-@pytest.mark.parametrize("case", ["malformed_kps", "corrupt_npz", "missing_kps", "faceless_reference",
-                                  "faceless_driving_video"])
-def test_generate_bad_track_or_face_fails_with_exit_2(case, tiny_model_dir, sample, inputs, tmp_path, capsys,
-                                                     faceless_video):
+def bad_track_generate_args(case, model_dir, sample, inputs, tmp_path):
+    """`generate` arguments with one bad track or face input, and the words its error must contain."""
     extra, words = bad_track_cases(inputs, tmp_path)[case]
-    args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
+    args = generate_args(model_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
     if extra[0] == "--reference":
         args = with_changes(args, {"--reference": extra[1]})
     else:
         args[-2:-2] = extra
+    return args, words
+
+
+@pytest.mark.parametrize("case", ["malformed_kps", "corrupt_npz", "missing_kps", "faceless_reference",
+                                  "faceless_driving_video"])
+def test_generate_bad_track_or_face_fails_with_exit_2(case, tiny_model_dir, sample, inputs, tmp_path, capsys,
+                                                     faceless_video):
+    args, words = bad_track_generate_args(case, tiny_model_dir, sample, inputs, tmp_path)
     assert cli.main(args) == 2
     assert_error(capsys, *words)
     assert not (tmp_path / "out.mp4").exists()
@@ -309,12 +315,7 @@ def test_generate_checks_the_track_and_the_reference_face_before_loading_models(
         case, tiny_model_dir, sample, inputs, tmp_path, capsys, no_model_loading):
     """A broken track file or a photo without a face needs no model to be noticed; with the real
     weights loading them takes far longer than the check."""
-    extra, words = bad_track_cases(inputs, tmp_path)[case]
-    args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], tmp_path / "out.mp4")
-    if extra[0] == "--reference":
-        args = with_changes(args, {"--reference": extra[1]})
-    else:
-        args[-2:-2] = extra
+    args, words = bad_track_generate_args(case, tiny_model_dir, sample, inputs, tmp_path)
     assert cli.main(args) == 2
     assert_error(capsys, *words)
 
