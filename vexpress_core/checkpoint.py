@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+from .audio import load_audio_encoder
 from .models import (
     REFERENCE_NET_ABSENT_KEYS,
     AudioProjection,
@@ -299,8 +300,7 @@ def load_models(model_dir: str | Path, weights_dir: str | Path | None = None, dt
     reference, unet, guider, projection = load_vexpress_networks(paths, dtype, device)
     try:
         vae = AutoencoderKL.from_pretrained(paths.vae, torch_dtype=dtype, local_files_only=True).to(device).eval()
-        encoder = Wav2Vec2Model.from_pretrained(paths.wav2vec2, torch_dtype=dtype, local_files_only=True).to(device).eval()
-        extractor = Wav2Vec2FeatureExtractor.from_pretrained(paths.wav2vec2, local_files_only=True)
+        extractor, encoder = load_audio_encoder(paths.wav2vec2, dtype, device)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{paths.root}: cannot load the VAE or wav2vec2 folders ({error})") from error
     return VExpressModels(reference, unet, guider, projection, vae.requires_grad_(False), encoder.requires_grad_(False),

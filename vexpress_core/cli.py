@@ -12,8 +12,6 @@ import torch
 from tqdm import tqdm
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEFAULTS = dict(width=512, height=512, fps=30.0, steps=25, guidance=3.5, reference_weight=0.95, audio_weight=3.0,
-                context_frames=24, context_overlap=4, seed=42)
 
 
 def default_device() -> str:
@@ -27,18 +25,21 @@ def resolved_dtype(name: str, device: str) -> torch.dtype:
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--width", type=int, default=DEFAULTS["width"], help="output width, a multiple of 8")
-    parser.add_argument("--height", type=int, default=DEFAULTS["height"], help="output height, a multiple of 8")
-    parser.add_argument("--fps", type=float, default=DEFAULTS["fps"])
-    parser.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    parser.add_argument("--guidance", type=float, default=DEFAULTS["guidance"], help="classifier-free guidance scale")
-    parser.add_argument("--reference-weight", type=float, default=DEFAULTS["reference_weight"], help="0.9-1.0 recommended")
-    parser.add_argument("--audio-weight", type=float, default=DEFAULTS["audio_weight"], help="1.0-3.0 recommended")
-    parser.add_argument("--context-frames", type=int, default=DEFAULTS["context_frames"], help="frames per window, at most 32")
-    parser.add_argument("--context-overlap", type=int, default=DEFAULTS["context_overlap"])
+    from .pipeline import GenerationSettings
+
+    defaults = GenerationSettings()
+    parser.add_argument("--width", type=int, default=defaults.width, help="output width, a multiple of 8")
+    parser.add_argument("--height", type=int, default=defaults.height, help="output height, a multiple of 8")
+    parser.add_argument("--fps", type=float, default=defaults.fps)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="classifier-free guidance scale")
+    parser.add_argument("--reference-weight", type=float, default=defaults.reference_weight, help="0.9-1.0 recommended")
+    parser.add_argument("--audio-weight", type=float, default=defaults.audio_weight, help="1.0-3.0 recommended")
+    parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="frames per window, at most 32")
+    parser.add_argument("--context-overlap", type=int, default=defaults.context_overlap)
     parser.add_argument("--blend", choices=("mean", "ramp"), default="mean", help="how overlapping windows are fused")
     parser.add_argument("--window-batch", type=int, default=1, help="windows denoised together (more = faster, more memory)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--scheduler", choices=("ddim", "dpmpp", "euler"), default="ddim")
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
     parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")

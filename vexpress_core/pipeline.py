@@ -14,14 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .audio import encode_audio, frame_count, padded_audio_sequence, audio_windows_from_sequence, validate_waveform
+from .audio import SAMPLE_RATE, audio_windows_from_sequence, encode_audio, frame_count, padded_audio_sequence, validate_waveform
 from .checkpoint import VExpressModels
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
 from .sampling import Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
 
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -216,6 +215,13 @@ def frames_hwc(chunks: Iterator[torch.Tensor], deflicker: bool) -> Iterator[np.n
     return MedianDeflicker().stream(uint8_chunks) if deflicker else uint8_chunks
 
 
+def video_chunks(models: VExpressModels, latents: torch.Tensor, settings: GenerationSettings,
+                 cancel: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
+    """The output frames of final latents as uint8 [n, H, W, 3] chunks, decoded and deflickered as set."""
+    decoded = decoded_chunks(models, latents, settings.decode_chunk, cancel, settings.vae_tiling)
+    return frames_hwc(decoded, settings.deflicker)
+
+
 @dataclass
 class Generation:
     frames: np.ndarray  # uint8 [F, H, W, 3]
@@ -229,7 +235,7 @@ def generate(models: VExpressModels, reference: Reference, speech: Speech, track
              callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Generation:
     """The whole video in memory (what a ComfyUI IMAGE output needs)."""
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
-    frames = np.concatenate(list(frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel, settings.vae_tiling), settings.deflicker)))
+    frames = np.concatenate(list(video_chunks(models, final, settings, cancel)))
     samples = int(round(len(frames) / settings.fps * SAMPLE_RATE))
     return Generation(frames, settings.fps, speech.waveform[:samples], final)
 
@@ -241,7 +247,7 @@ def write_video(models: VExpressModels, reference: Reference, speech: Speech, tr
     check_output_path(out_path)
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
     with VideoWriter(out_path, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
-        for chunk in frames_hwc(decoded_chunks(models, final, settings.decode_chunk, cancel, settings.vae_tiling), settings.deflicker):
+        for chunk in video_chunks(models, final, settings, cancel):
             writer.write(chunk)
     return Path(out_path)
 

@@ -172,6 +172,11 @@ class VExpressUNet(ModelMixin, ConfigMixin):
             return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
+    def _attend(self, attention: SpatialTransformer, hidden, context, path: str):
+        """A spatial transformer with the reference features of its blocks (paired by module path)."""
+        references = [context["reference"][f"{path}.transformer_blocks.{j}"] for j in range(len(attention.transformer_blocks))]
+        return self._run(attention, hidden, context["audio"], references, context["reference_weight"], context["audio_weight"])
+
     def _stage_layers(self, stage: UNetStage, hidden, temb, context, block_path: str, skips=None, collect=None):
         num_frames = context["num_frames"]
         attentions = stage.attentions if stage.attentions is not None else [None] * len(stage.resnets)
@@ -180,11 +185,7 @@ class VExpressUNet(ModelMixin, ConfigMixin):
                 hidden = torch.cat([hidden, skips.pop()], dim=1)
             hidden = self._run(resnet, hidden, temb, num_frames)
             if attention is not None:
-                path = f"{block_path}.attentions.{index}.transformer_blocks"
-                references = [context["reference"][f"{path}.{j}"] for j in range(len(attention.transformer_blocks))]
-                hidden = self._run(
-                    attention, hidden, context["audio"], references, context["reference_weight"], context["audio_weight"]
-                )
+                hidden = self._attend(attention, hidden, context, f"{block_path}.attentions.{index}")
             hidden = self._run(motion, hidden, num_frames)
             if collect is not None:
                 collect.append(hidden)
@@ -242,8 +243,7 @@ class VExpressUNet(ModelMixin, ConfigMixin):
 
         mid = self.mid_block
         hidden = self._run(mid.resnets[0], hidden, temb, num_frames)
-        references = [context["reference"][f"mid_block.attentions.0.transformer_blocks.{j}"] for j in range(len(mid.attentions[0].transformer_blocks))]
-        hidden = self._run(mid.attentions[0], hidden, context["audio"], references, reference_weight, audio_weight)
+        hidden = self._attend(mid.attentions[0], hidden, context, "mid_block.attentions.0")
         hidden = self._run(mid.motion_modules[0], hidden, num_frames)
         hidden = self._run(mid.resnets[1], hidden, temb, num_frames)
 
