@@ -1,4 +1,4 @@
-"""Prepare talking-face videos for training: `python -m training.prepare --videos DIR --out DATA --models MODELS`.
+"""Prepare talking-face videos for training: `python training prepare --videos DIR --out DATA --models MODELS`.
 
 Per clip: the frames cropped to a square and resized to the training resolution, the face box and
 5 landmarks per frame (the V-Kps points are the first three), a mouth box per frame from the

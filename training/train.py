@@ -1,10 +1,10 @@
 """Train one V-Express stage:
 
-    python -m training.train --config training/configs/stage_1.yaml --data DATA --models MODELS --output OUT \
+    python training train --config training/configs/stage_1.yaml --data DATA --models MODELS --output OUT \
         [--init CKPT] [--resume] [--max-steps N] [--set key=value ...]
 
 Multi-GPU: `accelerate launch [--use_deepspeed --deepspeed_config_file training/configs/deepspeed_zero2.json]
---num_processes 8 -m training.train ...`. What each stage trains is the table in training/stages.py.
+--num_processes 8 training train ...`. What each stage trains is the table in training/stages.py.
 
 Every `checkpointing_steps` steps and at the end, OUT/checkpoint-STEP/ receives the five weight
 files in the published layout (safetensors; load them with `--weights OUT/checkpoint-STEP`) plus
