@@ -4,15 +4,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from vexpress_core.keypoints import (
-    DETECTORS,
-    RESAMPLE_MODES,
-    RETARGET_MODES,
-    draw_track,
-    extract_track,
-    load_any_track,
-    output_track,
-)
+from vexpress_core.detectors import DETECTORS, extract_track
+from vexpress_core.keypoints import RESAMPLE_MODES, RETARGET_MODES, draw_track, load_any_track, output_track
 
 from . import runtime
 from .detectors import detector_for

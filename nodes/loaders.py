@@ -9,7 +9,8 @@ import torch
 
 from vexpress_core.dtypes import AUTO, DTYPES
 from vexpress_core.checkpoint import CheckpointError, load_models, resolve_model_paths
-from vexpress_core.keypoints import DETECTORS, crop_box, reference_keypoints, select_face
+from vexpress_core.detectors import DETECTORS, reference_keypoints, select_face
+from vexpress_core.keypoints import crop_box
 from vexpress_core.offload import REFERENCE_NETWORKS
 from vexpress_core.pipeline import prepare_reference, resized_reference
 

@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from .dtypes import AUTO, DTYPES, resolved_dtype
-from .keypoints import DETECTORS, RESAMPLE_MODES, RETARGET_MODES
+from .detectors import DETECTORS
+from .keypoints import RESAMPLE_MODES, RETARGET_MODES
 from .sampling import BLEND_WEIGHTS, SCHEDULERS
 
 
@@ -82,7 +83,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def driving_track(args: argparse.Namespace, detector):
-    from .keypoints import extract_track_from_video, load_any_track
+    from .detectors import extract_track_from_video
+    from .keypoints import load_any_track
 
     if args.kps:
         track = load_any_track(args.kps)
@@ -110,7 +112,8 @@ def distributed_state():
 def run_generate(args: argparse.Namespace) -> Path:
     from .audio import load_audio
     from .checkpoint import load_models
-    from .keypoints import make_detector, output_track, reference_keypoints
+    from .detectors import make_detector, reference_keypoints
+    from .keypoints import output_track
     from .offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
     from .pipeline import denoise, encode_speech, prepare_reference, resized_reference, write_video
     from .video import check_output_path
@@ -146,9 +149,10 @@ def run_generate(args: argparse.Namespace) -> Path:
 
 
 def run_demo(args: argparse.Namespace) -> Path:
-    from .audio import DEMO_SPEECH, load_audio
+    from .audio import load_audio
     from .checkpoint import load_models
-    from .keypoints import load_demo_portrait, output_track
+    from .demo import DEMO_SPEECH, load_demo_portrait
+    from .keypoints import output_track
     from .pipeline import GenerationSettings, encode_speech, prepare_reference, write_video
     from .tiny import make_tiny_models
     from .video import check_output_path
@@ -173,7 +177,8 @@ def run_demo(args: argparse.Namespace) -> Path:
 
 
 def run_extract(args: argparse.Namespace) -> Path:
-    from .keypoints import extract_track_from_video, make_detector, save_track
+    from .detectors import extract_track_from_video, make_detector
+    from .keypoints import save_track
 
     detector = make_detector(args.detector, args.models)
     with tqdm(desc="detecting faces", unit="frame") as bar:
