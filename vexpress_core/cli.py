@@ -205,10 +205,21 @@ def run_make_tiny(args: argparse.Namespace) -> None:
 
 
 def run_download(args: argparse.Namespace) -> None:
-    from huggingface_hub import snapshot_download
+    from .download import ensure_model
 
-    path = snapshot_download("tk93/V-Express", local_dir=args.dir)
-    print(f"downloaded tk93/V-Express to {path}; use --models {Path(path) / 'model_ckpts'}")
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc=f"fetching {args.name}", unit="B", unit_scale=True))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        path = ensure_model(args.dir, args.name, fp16=args.fp16, insightface=args.insightface, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"{path} is ready; use --models {path}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -260,8 +271,11 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--sd15", action="store_true", help="full SD1.5 sizes (about 2.25 B parameters, 9 GB)")
     tiny.set_defaults(run=run_make_tiny)
 
-    download = commands.add_parser("download", help="fetch tk93/V-Express from Hugging Face")
-    download.add_argument("dir")
+    download = commands.add_parser("download", help="fetch the files V-Express needs from Hugging Face into DIR/NAME")
+    download.add_argument("dir", help="models folder (e.g. ComfyUI/models/v-express); the model lands in DIR/NAME")
+    download.add_argument("--name", default="V-Express", help="known model to fetch (default: V-Express = tk93/V-Express)")
+    download.add_argument("--fp16", action="store_true", help="store the five networks as fp16 safetensors (4.5 GB instead of 9 GB)")
+    download.add_argument("--insightface", action="store_true", help="also fetch insightface's buffalo_l face detector pack")
     download.set_defaults(run=run_download)
     return main
 
