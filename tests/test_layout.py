@@ -3,6 +3,8 @@ the core never imports ComfyUI or the pack's nodes/training folders."""
 import ast
 from pathlib import Path
 
+import pytest
+
 CORE = Path(__file__).resolve().parents[1] / "vexpress_core"
 MAX_LINES = 450
 
@@ -71,3 +73,13 @@ def test_core_never_imports_comfyui_nodes_or_training():
         if found:
             bad[str(path.relative_to(CORE))] = sorted(found)
     assert not bad, bad
+
+
+def test_every_core_package_is_installed():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((CORE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {module_name(path.parent) for path in CORE.rglob("__init__.py")}
+    assert packages <= set(config["packages"]), sorted(packages - set(config["packages"]))
+    assert config["package-dir"] == {"vexpress_training": "training"}
+    assert not {"nodes", "training"} & set(config["packages"])
