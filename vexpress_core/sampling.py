@@ -46,6 +46,12 @@ class Cancelled(RuntimeError):
     """Raised when the cancel check asks the sampler to stop."""
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where predictions and latents are combined: the model's dtype, at least float32 (fp16 and
+    bf16 models accumulate in float32, float64 models stay float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def make_scheduler(name: str = "ddim"):
     try:
         return SCHEDULERS[name]()
@@ -80,7 +86,7 @@ def mean_weights(length: int) -> torch.Tensor:
 
 def ramp_weights(length: int) -> torch.Tensor:
     """A triangular ramp, so frames near a window's edge count less than those at its centre."""
-    positions = torch.arange(length, dtype=torch.float32)
+    positions = torch.arange(length, dtype=torch.float64)
     return torch.minimum(positions + 1, length - positions) / math.ceil(length / 2)
 
 
@@ -177,7 +183,7 @@ class GuidedDenoiser:
         prediction = self.unet(
             batch, timestep, audio.flatten(0, 1), self._reference(len(windows)), kps,
             reference_weight=self.reference_weight, audio_weight=self.audio_weight,
-        ).float()
+        ).to(accumulation_dtype(dtype))
         if self.guided:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
@@ -223,15 +229,15 @@ class Progress:
 def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]],
                        window_batch: int, blend: str, on_window: Callable[[int], None], shard: Shard = Shard()) -> torch.Tensor:
     """Every frame's prediction: the weighted mean over the windows that cover it."""
-    total = torch.zeros_like(latents, dtype=torch.float32)
-    weight_sum = torch.zeros(latents.shape[2], device=latents.device)
+    total = torch.zeros_like(latents, dtype=accumulation_dtype(latents.dtype))
+    weight_sum = torch.zeros(latents.shape[2], device=latents.device, dtype=total.dtype)
     done = 0
     for index, group in enumerate(window_batches(windows, window_batch)):
         if not shard.owns(index):
             continue
         predictions = denoiser(latents, timestep, group)
         for window, prediction in zip(group, predictions):
-            weights = blend_weights(blend, len(window)).to(latents.device)
+            weights = blend_weights(blend, len(window)).to(latents.device, total.dtype)
             total[0, :, window] += prediction * weights[None, :, None, None]
             weight_sum[window] += weights
             done += 1
