@@ -16,6 +16,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from .registry import Registry
+
 MAX_CONTEXT_FRAMES = 32
 
 SCHEDULER_CONFIG = {
@@ -30,16 +32,15 @@ SCHEDULER_CONFIG = {
     "timestep_spacing": "trailing",
 }
 
-SCHEDULERS = {
-    "ddim": lambda: DDIMScheduler(**SCHEDULER_CONFIG),
-    "dpmpp": lambda: DPMSolverMultistepScheduler(
-        **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"},
-        algorithm_type="dpmsolver++", final_sigmas_type="zero",
-    ),
-    "euler": lambda: EulerDiscreteScheduler(
-        **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}, final_sigmas_type="zero"
-    ),
-}
+SCHEDULERS: Registry[Callable[[], object]] = Registry("scheduler")
+SCHEDULERS.register("ddim", lambda: DDIMScheduler(**SCHEDULER_CONFIG))
+SCHEDULERS.register("dpmpp", lambda: DPMSolverMultistepScheduler(
+    **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"},
+    algorithm_type="dpmsolver++", final_sigmas_type="zero",
+))
+SCHEDULERS.register("euler", lambda: EulerDiscreteScheduler(
+    **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}, final_sigmas_type="zero"
+))
 
 
 class Cancelled(RuntimeError):
@@ -47,10 +48,7 @@ class Cancelled(RuntimeError):
 
 
 def make_scheduler(name: str = "ddim"):
-    try:
-        return SCHEDULERS[name]()
-    except KeyError:
-        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}") from None
+    return SCHEDULERS[name]()
 
 
 def check_context(context_frames: int, context_overlap: int) -> None:
@@ -74,24 +72,23 @@ def context_windows(num_frames: int, context_frames: int = 24, context_overlap: 
     return [list(range(start, start + context_frames)) for start in starts]
 
 
+BLEND_WEIGHTS: Registry[Callable[[int], torch.Tensor]] = Registry("blend")
+
+
+@BLEND_WEIGHTS.register("mean")
 def mean_weights(length: int) -> torch.Tensor:
     return torch.ones(length)
 
 
+@BLEND_WEIGHTS.register("ramp")
 def ramp_weights(length: int) -> torch.Tensor:
     """A triangular ramp, so frames near a window's edge count less than those at its centre."""
     positions = torch.arange(length, dtype=torch.float32)
     return torch.minimum(positions + 1, length - positions) / math.ceil(length / 2)
 
 
-BLEND_WEIGHTS: dict[str, Callable[[int], torch.Tensor]] = {"mean": mean_weights, "ramp": ramp_weights}
-
-
 def blend_weights(name: str, length: int) -> torch.Tensor:
-    try:
-        return BLEND_WEIGHTS[name](length)
-    except KeyError:
-        raise ValueError(f"blend must be one of {sorted(BLEND_WEIGHTS)}, got {name!r}") from None
+    return BLEND_WEIGHTS[name](length)
 
 
 @dataclass
