@@ -70,6 +70,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     from .. import cli
     from ..audio import SAMPLE_RATE, load_audio
     from ..checkpoint import load_models
+    from ..dtypes import resolved_dtype
     from ..keypoints import make_detector, output_track
     from ..offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
     from ..pipeline import denoise, encode_speech, prepare_reference, video_chunks
@@ -100,7 +101,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     device = args.device or cli.default_device()
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
-    models = load_models(args.models, args.weights, cli.resolved_dtype(args.dtype, device), idle_device)
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
     with placed(models, REFERENCE_NETWORKS, run_device, idle_device) as active:
         reference = prepare_reference(active, framing.reference, width, height)
     with placed(models, SPEECH_NETWORKS, run_device, idle_device) as active:
