@@ -44,7 +44,8 @@ def check_framing_args(args: argparse.Namespace) -> None:
     if args.dub and args.paste_back:
         raise ValueError("--dub already pastes back into the video; drop --paste-back")
     if args.dub and (args.kps or args.driving_video or args.retarget):
-        raise ValueError("--dub takes the head motion from the dubbed video itself; drop --kps/--driving-video/--retarget")
+        raise ValueError("--dub takes the head motion from the dubbed video itself; "
+                         "drop --kps/--driving-video/--retarget")
     if args.reference_frame is not None and not args.dub:
         raise ValueError("--reference-frame picks a frame of the --dub video; it needs --dub VIDEO")
     if args.reference_frame is not None and args.reference:

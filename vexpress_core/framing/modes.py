@@ -19,6 +19,7 @@ from .plan import (
     DEFAULT_MARGIN,
     DEFAULT_SMOOTHING_SECONDS,
     CropPlan,
+    FaceObservations,
     filled_gaps,
     kps_in_crop,
     observe_faces,
@@ -61,20 +62,29 @@ class Framing:
         return KeypointTrack(self.track.points[indices], self.track.frame_size, fps, self.track.valid[indices])
 
 
+def crop_track(plan: CropPlan, seen: FaceObservations) -> KeypointTrack:
+    """The faces' (left eye, right eye, nose) in crop pixels, one entry per frame (frames without a
+    face interpolated from their neighbours and marked invalid), at the plan's fps."""
+    points = np.stack([kps_in_crop(plan, i, seen.kps[i, :3]) for i in range(len(plan))])
+    filled = filled_gaps(points.reshape(len(points), -1), seen.valid).reshape(points.shape)
+    return KeypointTrack(filled, plan.crop_size, plan.fps, seen.valid)
+
+
+def most_frontal_frame(seen: FaceObservations) -> int:
+    """The frame whose face has its eyes most evenly far from the nose (the earliest among equals)."""
+    kps = seen.kps
+    left = np.linalg.norm(kps[:, 0] - kps[:, 2], axis=-1)
+    right = np.linalg.norm(kps[:, 1] - kps[:, 2], axis=-1)
+    imbalance = np.abs(np.log((left + 1e-6) / (right + 1e-6)))
+    return int(np.argmin(np.where(seen.valid, imbalance, np.inf)))
+
+
 def frame_photo(image: np.ndarray, detector: FaceDetector, width: int, height: int,
                 margin: float = DEFAULT_MARGIN, face_index: int | None = None,
                 where: str = "the reference photo") -> Framing:
     """Photo mode: a plan around the chosen face, the reference crop and its keypoints."""
     plan, kps = photo_crop_plan(image, detector, (width, height), margin, face_index, where)
     return Framing(plan, crop_frame(image, plan, 0), kps_in_crop(plan, 0, kps[:3]), photo=image)
-
-
-def _most_frontal(kps: np.ndarray, valid: np.ndarray) -> int:
-    """The valid frame whose eyes are most evenly far from the nose (the earliest among equals)."""
-    left = np.linalg.norm(kps[:, 0] - kps[:, 2], axis=-1)
-    right = np.linalg.norm(kps[:, 1] - kps[:, 2], axis=-1)
-    imbalance = np.abs(np.log((left + 1e-6) / (right + 1e-6)))
-    return int(np.argmin(np.where(valid, imbalance, np.inf)))
 
 
 def frame_video(path: str | Path, detector: FaceDetector, width: int, height: int, margin: float = DEFAULT_MARGIN,
@@ -96,14 +106,12 @@ def frame_video(path: str | Path, detector: FaceDetector, width: int, height: in
         frames = itertools.islice(frames, reach)
     seen = observe_faces(frames, detector, face_index, fps, progress, length, f"video {path}")
     plan = plan_from_observations(seen, (width, height), margin)
-    points = np.stack([kps_in_crop(plan, i, seen.kps[i, :3]) for i in range(len(plan))])
-    filled = filled_gaps(points.reshape(len(points), -1), seen.valid).reshape(points.shape)
-    track = KeypointTrack(filled, (width, height), fps, seen.valid)
+    track = crop_track(plan, seen)
     if reference_photo is not None:
         photo = frame_photo(reference_photo, detector, width, height, margin, None, "the reference photo")
         return Framing(plan, photo.reference, photo.reference_kps, video=path, track=track)
     if reference_frame is None:
-        reference_frame = _most_frontal(seen.kps, seen.valid)
+        reference_frame = most_frontal_frame(seen)
     if not 0 <= reference_frame < len(plan):
         raise ValueError(f"reference frame {reference_frame} is out of range: video {path} has {len(plan)} frames")
     if not seen.valid[reference_frame]:
