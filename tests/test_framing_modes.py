@@ -119,3 +119,17 @@ def test_an_8k_photo_is_framed_and_pasted_in_chunks_of_two(inputs):
     crops = np.repeat(framing.reference[None], 3, axis=0)
     chunks = list(pasted_chunks([crops], [eight_k] * 3, framing.plan, [0, 0, 0], PasteSettings(colour_match=False)))
     assert [chunk.shape for chunk in chunks] == [(2, 4320, 7680, 3), (1, 4320, 7680, 3)]
+
+
+def test_dubbing_framing_takes_the_face_from_a_photo_or_the_most_frontal_frame(inputs):
+    from vexpress_core.framing.modes import frame_video
+
+    detector = RetinaFaceDetector()
+    own = frame_video(inputs["clip"], detector, 64, 64)
+    assert len(own.plan) == 5 and own.plan.fps == 10 and own.track.frame_size == (64, 64)
+    assert own.reference.shape == (64, 64, 3) and own.reference_kps.shape == (3, 2)
+    assert own.track.fps == 10 and len(own.track) == 5
+    photo = np.asarray(Image.open(inputs["photo"]).convert("RGB"))
+    other = frame_video(inputs["clip"], detector, 64, 64, reference_photo=photo, seconds_needed=0.1)
+    assert not np.array_equal(other.reference, own.reference)
+    assert other.driving_track(4, 20.0).points.shape == (4, 3, 2)
