@@ -21,6 +21,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from .audio import SAMPLE_RATE
+from .keypoints import KeypointTrack
 
 HOP_SECONDS = 0.01
 # Relative to the clip's loud level (95th percentile of frame loudness).
@@ -141,7 +142,7 @@ def speech_clock(features: SpeechFeatures, fps: float) -> np.ndarray:
     real time in silence and faster the louder the speech, so the head moves with the voice and
     holds its pose in pauses."""
     loudness = gaussian_filter1d(features.envelope, 0.1 * fps, mode="nearest")
-    rate = IDLE_MOTION + (1 - IDLE_MOTION) * features.gate * np.clip(loudness / SPEECH_LOUDNESS, 0.0, 1.5)
+    rate = IDLE_MOTION + (1 - IDLE_MOTION) * features.gate * np.clip(loudness / SPEECH_LOUDNESS, 0.0, 1.3) ** 2
     return np.concatenate([[0.0], np.cumsum(rate[:-1])])
 
 
@@ -238,3 +239,17 @@ def speech_motion_points(
         curves = {name: values / (excess * 1.02) for name, values in curves.items()}
         points = posed_keypoints(reference, curves)
     return points.astype(np.float32)
+
+
+def speech_motion_track(
+    reference_kps: np.ndarray,
+    waveform: np.ndarray,
+    frame_size: tuple[int, int],
+    num_frames: int,
+    fps: float,
+    motion_scale: float = 1.0,
+    seed: int = 0,
+) -> KeypointTrack:
+    """`speech_motion_points` as a track of num_frames frames of frame_size (width, height) at fps."""
+    points = speech_motion_points(reference_kps, waveform, num_frames, fps, frame_size[0], motion_scale, seed)
+    return KeypointTrack(points, frame_size, fps)
