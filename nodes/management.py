@@ -22,7 +22,7 @@ from . import runtime
 UNLOAD_ALL = 1e30  # bytes: "free everything" for model_management.free_memory
 
 
-class Network(torch.nn.Module):
+class VExpressNetwork(torch.nn.Module):
     """One V-Express network as ComfyUI's ModelPatcher expects it: a module whose `device` it can set
     (diffusers models have a read-only `device`)."""
 
@@ -48,7 +48,7 @@ class ModelHandle:
                low_vram: bool) -> "ModelHandle":
         patchers = {}
         if runtime.model_patcher is not None and runtime.model_management is not None:
-            patchers = {key: runtime.model_patcher.ModelPatcher(Network(module), load_device, offload_device)
+            patchers = {key: runtime.model_patcher.ModelPatcher(VExpressNetwork(module), load_device, offload_device)
                         for key, module in models.networks().items()}
         return cls(models, name, load_device, offload_device, low_vram, patchers)
 

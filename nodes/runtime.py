@@ -133,13 +133,17 @@ def frame_progress(total: int) -> Callable[[int, int | None], None]:
     return progress
 
 
+def _stop_if_interrupted(module, inputs) -> None:
+    check_interrupted()  # a forward pre-hook must return None to leave the inputs alone
+
+
 @contextmanager
 def interruptible(*modules: torch.nn.Module) -> Iterator[None]:
     """Cancel (/interrupt) is honoured inside these networks' forward passes: before every block of
     their layer lists (wav2vec2's conv and transformer layers, the UNets' down/up blocks)."""
     blocks = [block for module in modules for child in module.modules() if isinstance(child, torch.nn.ModuleList)
               for block in child]
-    handles = [block.register_forward_pre_hook(lambda *_: check_interrupted()) for block in blocks]
+    handles = [block.register_forward_pre_hook(_stop_if_interrupted) for block in blocks]
     try:
         check_interrupted()
         yield
