@@ -43,8 +43,14 @@ class VExpressKpsExtract(Node):
             raise ValueError("V-Kps Extract got no frames: connect the images of a video")
         finder = detector_for(detector, None if models is None else models.model_dir)
         frames = (image_to_uint8(frame) for frame in images)
-        track = extract_track(frames, finder, fps, None if face_index < 0 else face_index,
-                              progress=runtime.frame_progress(len(images)), total=len(images))
+        try:
+            track = extract_track(frames, finder, fps, None if face_index < 0 else face_index,
+                                  progress=runtime.frame_progress(len(images)), total=len(images))
+        except ValueError as error:
+            if "no face found" not in str(error):
+                raise
+            raise ValueError(f"{error}: connect a driving video that shows a face (or try face_index -1 / another "
+                             "detector), or use V-Kps Retarget's fix_face mode without a driving track") from error
         return (track,)
 
 

@@ -712,3 +712,86 @@ def test_sampler_rejects_a_track_of_the_wrong_length(handle, prepared):
     short = KeypointTrack(kps.points[:5], kps.frame_size, kps.fps)
     with pytest.raises(ValueError, match="frames"):
         BY_ID["VExpressSampler"].run(models=handle, reference=reference, speech=speech, kps=short, **SAMPLER_ARGS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Server survival: errors run the way ComfyUI's executor runs nodes, name what to change, and the
+# next valid run in the same process succeeds.
+
+
+def assert_survives(node_id, bad: dict, good: dict, *expected: str, interrupt=None):
+    node = BY_ID[node_id]
+    outcome = execute(node, bad, interrupt)
+    if interrupt is not None:
+        assert outcome.interrupted, (outcome.errors, outcome.exception_message)
+    else:
+        text = " ".join(outcome.errors) or outcome.exception_message
+        assert not outcome.ok and text, f"{node_id} accepted bad input"
+        for phrase in expected:
+            assert phrase in text, f"{node_id}: {phrase!r} missing from the error {text!r}"
+    again = execute(node, good)
+    assert again.ok, (again.errors, again.exception_message)
+    return again.outputs
+
+
+def test_no_face_in_the_reference_says_what_to_use(comfy, handle, portrait):
+    good = dict(models=handle, image=portrait, **REFERENCE_ARGS)
+    for crop in ("face", "center"):
+        assert_survives("VExpressLoadReference", {**good, "image": no_face_image(), "crop": crop}, good,
+                        "no face found in", "use a clear, front-facing portrait")
+
+
+def test_no_face_in_the_driving_frames_says_what_to_connect(comfy, portrait):
+    good = dict(images=portrait.repeat(2, 1, 1, 1), fps=30.0, detector="retinaface", face_index=-1)
+    assert_survives("VExpressKpsExtract", {**good, "images": no_face_image().repeat(2, 1, 1, 1)}, good,
+                    "no face found in any of the 2 frames", "driving video that shows a face", "fix_face")
+    assert_survives("VExpressKpsExtract", {**good, "images": portrait[:0]}, good, "no frames", "connect the images")
+
+
+def test_silent_audio_says_to_give_speech(comfy, handle, speech_audio):
+    silent = {"waveform": torch.zeros(1, 2, 16000), "sample_rate": 16000}
+    good = dict(models=handle, audio=speech_audio, fps=30.0)
+    assert_survives("VExpressAudioEncode", {**good, "audio": silent}, good, "silent", "give a clip with speech in it")
+    too_short = {"waveform": speech_audio["waveform"][..., :100], "sample_rate": 16000}
+    assert_survives("VExpressAudioEncode", {**good, "audio": too_short}, good, "shorter than one frame")
+
+
+def test_bad_sizes_name_the_input_and_the_rule(comfy, handle, portrait, prepared):
+    good = dict(models=handle, image=portrait, **REFERENCE_ARGS)
+    assert_survives("VExpressLoadReference", {**good, "width": 100}, good, "width must be a positive multiple of 8, got 100")
+    assert_survives("VExpressLoadReference", {**good, "height": 32}, good, "Value 32 smaller than min of 64: height")
+    assert_survives("VExpressLoadReference", {**good, "image": portrait[:0]}, good, "empty IMAGE batch", "connect an image")
+    options = dict(context_frames=4, context_overlap=1, blend="mean")
+    assert_survives("VExpressWindowOptions", {**options, "context_overlap": 4}, options,
+                    "context_overlap (4) must be below context_frames (4)")
+    assert_survives("VExpressWindowOptions", {**options, "context_frames": 40}, options, "Value 40 bigger than max of 32")
+
+
+def interrupt_on_check(comfy, number: int) -> None:
+    """Presses Cancel when the node checks for it the `number`-th time (from inside the networks)."""
+    original = comfy.mm.throw_exception_if_processing_interrupted
+
+    def check():
+        if comfy.mm.checks + 1 == number:
+            comfy.mm.interrupt = True
+        original()
+
+    comfy.mm.throw_exception_if_processing_interrupted = check
+
+
+@pytest.mark.parametrize("node_id", ["VExpressAudioEncode", "VExpressLoadReference", "VExpressKpsExtract"])
+def test_cancel_during_a_node_then_a_valid_run(comfy, handle, portrait, speech_audio, node_id):
+    inputs = {
+        "VExpressAudioEncode": dict(models=handle, audio=speech_audio, fps=30.0),
+        "VExpressLoadReference": dict(models=handle, image=portrait, **REFERENCE_ARGS),
+        "VExpressKpsExtract": dict(images=portrait.repeat(3, 1, 1, 1), fps=30.0, detector="retinaface", face_index=-1),
+    }[node_id]
+    assert execute(BY_ID[node_id], inputs).ok
+    checks = comfy.mm.checks
+    assert checks >= 3, f"{node_id} checks for Cancel only {checks} times"
+    comfy.mm.checks = 0
+    interrupt_on_check(comfy, checks // 2 + 1)  # in the middle of the work, not before it starts
+    outcome = execute(BY_ID[node_id], inputs, InterruptProcessingException)
+    assert outcome.interrupted and comfy.mm.checks == checks // 2 + 1
+    again = execute(BY_ID[node_id], inputs)
+    assert again.ok and comfy.mm.checks > checks // 2 + 1
