@@ -1,40 +1,37 @@
-"""The names a user picks in node combos, read from the core's registries each time a schema is built."""
+"""The names a user picks in node combos, read from the core's registries each time a schema is
+built (an entry registered later, e.g. by another pack, shows up)."""
 from __future__ import annotations
 
 import torch
 
-from vexpress_core.keypoints import DETECTOR_NAMES, RESAMPLE_MODES, RETARGET_MODES
+from vexpress_core.dtypes import AUTO, DTYPES
+from vexpress_core.keypoints import DETECTORS, RESAMPLE_MODES, RETARGET_MODES
 from vexpress_core.sampling import BLEND_WEIGHTS, SCHEDULERS
-
-AUTO = "auto"
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def dtype_names() -> list[str]:
-    return [AUTO, *_DTYPES]
+    return [AUTO, *DTYPES.names()]
 
 
 def dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(dtype_names())}")
-    return _DTYPES[name]
+    return DTYPES[name]
 
 
 def detector_names() -> list[str]:
-    return list(DETECTOR_NAMES)
+    return list(DETECTORS.names())
 
 
 def retarget_names() -> list[str]:
-    return list(RETARGET_MODES)
+    return list(RETARGET_MODES.names())
 
 
 def resample_names() -> list[str]:
-    return [AUTO, *RESAMPLE_MODES]
+    return [AUTO, *RESAMPLE_MODES.names()]
 
 
 def blend_names() -> list[str]:
-    return sorted(BLEND_WEIGHTS)
+    return list(BLEND_WEIGHTS.names())
 
 
 def scheduler_names() -> list[str]:
-    return sorted(SCHEDULERS)
+    return list(SCHEDULERS.names())

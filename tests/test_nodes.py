@@ -269,6 +269,26 @@ def test_object_info_is_comfyuis_v3_shape(node_id):
     assert len(info["output"]) == len(info["output_name"]) == len(info["output_tooltips"]) == len(info["output_is_list"])
 
 
+def test_registered_choices_appear_in_node_inputs():
+    """A detector or scheduler registered after import shows up in the combos (read at schema time)."""
+    from vexpress_core.keypoints import DETECTORS
+    from vexpress_core.sampling import SCHEDULERS
+
+    DETECTORS.register("dummy-detector", lambda model_dir: None)
+    SCHEDULERS.register("dummy-scheduler", lambda: None)
+    try:
+        combos = {(node_id, name): options["options"] for node_id, node in BY_ID.items()
+                  for group in schema.object_info(node)["input"].values() for name, (kind, options) in group.items()
+                  if kind == "COMBO"}
+        assert "dummy-detector" in combos["VExpressLoadReference", "detector"]
+        assert "dummy-detector" in combos["VExpressKpsExtract", "detector"]
+        assert "dummy-scheduler" in combos["VExpressSampler", "scheduler"]
+    finally:
+        DETECTORS.unregister("dummy-detector")
+        SCHEDULERS.unregister("dummy-scheduler")
+    assert "dummy-scheduler" not in BY_ID["VExpressSampler"].INPUTS[8].choices()
+
+
 class FakeIo:
     """The part of comfy_api.latest.io that comfy_node uses, recording what it is given (the real
     classes are checked by tests/comfyui_live_check.py)."""
