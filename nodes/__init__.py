@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import runtime
 from .audio import VExpressAudioEncode
+from .framing import VExpressFaceCrop, VExpressPasteBack
 from .keypoints import VExpressKpsExtract, VExpressKpsLoad, VExpressKpsPreview, VExpressKpsRetarget
 from .loaders import VExpressLoadModels, VExpressLoadReference
 from .options import VExpressMemoryOptions, VExpressWindowOptions
@@ -21,6 +22,8 @@ NODES: tuple[type[Node], ...] = (
     VExpressWindowOptions,
     VExpressMemoryOptions,
     VExpressSampler,
+    VExpressFaceCrop,
+    VExpressPasteBack,
 )
 
 MINIMUM_COMFYUI = "0.3.48"  # first release with comfy_api.latest io.ComfyNode and comfy_entrypoint

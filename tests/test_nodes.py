@@ -28,7 +28,8 @@ from vexpress_core.tiny import make_tiny_models
 runtime, schema, vtypes, management = NODES.runtime, NODES.schema, NODES.types, NODES.management
 BY_ID = NODES.nodes_by_id()
 SAMPLE = "short_case_tys"
-CUSTOM_TYPES = {vtypes.MODELS, vtypes.REFERENCE, vtypes.AUDIO, vtypes.KPS, vtypes.WINDOW_OPTIONS, vtypes.MEMORY_OPTIONS}
+CUSTOM_TYPES = {vtypes.MODELS, vtypes.REFERENCE, vtypes.AUDIO, vtypes.KPS, vtypes.WINDOW_OPTIONS, vtypes.MEMORY_OPTIONS,
+                vtypes.CROP_PLAN}
 WIDGET_TYPES = set(schema.WIDGET_TYPES)
 
 

@@ -112,7 +112,7 @@ def run_generate(args: argparse.Namespace) -> Path:
     from .video import check_output_path
 
     settings = settings_from(args)
-    framing = Framing(args.crop, args.face_margin, args.face_index)
+    framing = Framing(args.crop, DEFAULT_FACE_MARGIN if args.face_margin is None else args.face_margin, args.face_index)
     out = check_output_path(args.out)
     state = distributed_state()
     device = args.device or (str(state.device) if state else default_device())
@@ -217,6 +217,7 @@ def run_download(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .framing import DEFAULT_MARGIN
     from .framing.commands import add_framing_options
 
     main = argparse.ArgumentParser(prog="python -m vexpress_core", description="V-Express talking-head generation")
@@ -238,8 +239,10 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--crop", choices=CROP_MODES.names(), default=DEFAULT_CROP,
                           help="center: largest centred crop of the output aspect; face: around the detected face "
                                "with --face-margin; stretch: resize the whole photo (published)")
-    generate.add_argument("--face-margin", type=float, default=DEFAULT_FACE_MARGIN,
-                          help="for --crop face: space around the face box on each side, as a fraction of its size")
+    generate.add_argument("--face-margin", type=float,
+                          help=f"for --crop face, --paste-back and --dub: space around the face box on each side, as a "
+                               f"fraction of its size (default {DEFAULT_FACE_MARGIN} for --crop face, "
+                               f"{DEFAULT_MARGIN} for --paste-back/--dub: the samples' framing)")
     generate.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     add_generation_options(generate)
     add_framing_options(generate)

@@ -24,9 +24,6 @@ def add_framing_options(generate: argparse.ArgumentParser) -> None:
     group.add_argument("--reference-frame", type=int,
                        help="with --dub: the frame whose face is the reference (default: the most frontal one); "
                             "or give a photo with --reference")
-    group.add_argument("--face-margin", type=float, default=DEFAULT_MARGIN,
-                       help=f"room around the face in the crop, as a fraction of the face size on each side "
-                            f"(default {DEFAULT_MARGIN}: the framing V-Express was trained on)")
     group.add_argument("--feather", type=float, default=DEFAULT_FEATHER,
                        help=f"width of the soft edge of the pasted head, as a fraction of the crop size "
                             f"(default {DEFAULT_FEATHER}; 0 = hard edge)")
@@ -54,7 +51,7 @@ def check_framing_args(args: argparse.Namespace) -> None:
         raise ValueError("--paste-back needs the full-size photo as --reference")
     if not 0 <= args.feather <= 0.5:
         raise ValueError(f"--feather must be between 0 and 0.5 (a fraction of the crop size), got {args.feather}")
-    if not 0 <= args.face_margin <= 3:
+    if args.face_margin is not None and not 0 <= args.face_margin <= 3:
         raise ValueError(f"--face-margin must be between 0 and 3, got {args.face_margin}")
 
 
@@ -71,18 +68,19 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     from .. import cli
     from ..audio import SAMPLE_RATE, load_audio
     from ..checkpoint import load_models
+    from ..detectors import make_detector
     from ..dtypes import resolved_dtype
-    from ..keypoints import make_detector, output_track
-    from ..offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
-    from ..pipeline import denoise, encode_speech, prepare_reference, video_chunks
-    from ..video import VideoWriter, check_output_path
-    from .modes import frame_photo, frame_video, full_frame_chunks
+    from ..offload import placed
+    from ..orchestration import driving_track, reference_phase, speech_phase, track_phase
+    from ..video import check_output_path
+    from .modes import frame_photo, frame_video, full_frame_video_phase
 
     check_framing_args(args)
     settings = cli.settings_from(args)
     out = check_output_path(args.out)
     plan_path = crop_plan_path(args, out)
     paste = PasteSettings(feather=args.feather, colour_match=args.color_match)
+    margin = DEFAULT_MARGIN if args.face_margin is None else args.face_margin
     detector = make_detector(args.detector, args.models)
     width, height = settings.width, settings.height
     waveform = load_audio(args.audio)
@@ -93,38 +91,33 @@ def run_full_frame(args: argparse.Namespace) -> Path:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            framing = frame_video(args.dub, detector, width, height, args.face_margin, args.face_index,
+            framing = frame_video(args.dub, detector, width, height, margin, args.face_index,
                                   args.reference_frame, photo, progress, len(waveform) / SAMPLE_RATE)
         settings = replace(settings, fps=args.fps or framing.plan.fps)
+        driving = None
     else:
-        framing = frame_photo(cli.read_image(args.reference), detector, width, height, args.face_margin,
-                              args.face_index)
+        framing = frame_photo(cli.read_image(args.reference), detector, width, height, margin, args.face_index)
+        driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index)
     device = args.device or cli.default_device()
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
-    with placed(models, REFERENCE_NETWORKS, run_device, idle_device) as active:
-        reference = prepare_reference(active, framing.reference, width, height)
-    with placed(models, SPEECH_NETWORKS, run_device, idle_device) as active:
-        speech = encode_speech(active, waveform, settings.fps, name=str(args.audio))
-    frames = speech.num_frames
+
+    def using(names):
+        return placed(models, names, run_device, idle_device)
+
+    reference = reference_phase(using, framing.framed_reference)
+    speech = speech_phase(using, waveform, settings.fps, name=str(args.audio))
     if framing.video is not None:
-        track = framing.driving_track(frames, settings.fps)
+        track = framing.driving_track(speech.num_frames, settings.fps)
     else:
-        driving = cli.driving_track(args, detector)
-        retarget = args.retarget or ("naive_retarget" if driving is not None else "fix_face")
-        track = output_track(framing.reference_kps, driving, width, height, frames, retarget,
-                             args.kps_resample, settings.fps)
-    bar, update = cli.progress_bar(settings, frames)
-    with bar, placed(models, DENOISING_NETWORKS + DECODING_NETWORKS, run_device, idle_device) as active:
-        final = denoise(active, reference, speech, track, settings, callback=update)
-        with VideoWriter(out, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
-            crops = video_chunks(active, final, settings)
-            for chunk in full_frame_chunks(crops, framing, frames, settings.fps, paste):
-                writer.write(chunk)
+        track = track_phase(reference, speech, driving, args.retarget, args.kps_resample)
+    bar, update = cli.progress_bar(settings, speech.num_frames)
+    with bar:
+        full_frame_video_phase(using, framing, reference, speech, track, settings, out, paste, callback=update)
     if plan_path is not None:
         framing.plan.save(plan_path)
     size = "x".join(str(v) for v in framing.plan.frame_size)
-    print(f"wrote {out}: {frames} frames at {settings.fps:g} fps, pasted back into the {size} "
+    print(f"wrote {out}: {speech.num_frames} frames at {settings.fps:g} fps, pasted back into the {size} "
           f"{'video' if framing.video is not None else 'photo'}")
     return out

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..keypoints import FaceDetector, KeypointTrack, read_video_frames, video_fps_and_length
+from .. import pipeline
+from ..audio import SAMPLE_RATE
+from ..detectors import FaceDetector
+from ..keypoints import KeypointTrack
+from ..offload import DECODING_NETWORKS, DENOISING_NETWORKS
+from ..orchestration import FramedReference, PreparedReference, Using, generation_settings
+from ..pipeline import GenerationSettings, Speech
+from ..sampling import Progress
+from ..video import VideoWriter, read_video_frames, video_fps_and_length
 from .plan import (
     DEFAULT_MARGIN,
     DEFAULT_SMOOTHING_SECONDS,
@@ -55,6 +63,11 @@ class Framing:
         if self.video is None:
             return itertools.repeat(self.photo, len(indices))
         return video_frames_at(self.video, indices, block)
+
+    @property
+    def framed_reference(self) -> FramedReference:
+        """The reference crop and keypoints as the orchestration's reference phase takes them."""
+        return FramedReference(self.reference, self.reference_kps)
 
     def driving_track(self, num_frames: int, fps: float) -> KeypointTrack:
         """Dubbing: the video's own keypoints for each output frame (crop pixels)."""
@@ -127,3 +140,19 @@ def full_frame_chunks(crops: Iterator[np.ndarray], framing: Framing, num_frames:
     """Generated crops (uint8 chunks) pasted into their canvas frames: full-resolution uint8 chunks."""
     indices = framing.frame_indices(num_frames, fps)
     return pasted_chunks(crops, framing.canvas(indices, paste.chunk), framing.plan, indices, paste, cancel, progress)
+
+
+def full_frame_video_phase(using: Using, framing: Framing, reference: PreparedReference, speech: Speech,
+                           track: KeypointTrack, settings: GenerationSettings, out: str | Path,
+                           paste: PasteSettings = PasteSettings(), callback: Callable[[Progress], None] | None = None,
+                           cancel: Callable[[], bool] | None = None) -> Path:
+    """Generate, paste every crop back into its canvas frame and stream the full-resolution
+    frames into an mp4 with the speech (written atomically: nothing is left on failure)."""
+    settings = generation_settings(reference, speech, settings)
+    with using(DENOISING_NETWORKS + DECODING_NETWORKS) as models:
+        final = pipeline.denoise(models, reference.reference, speech, track, settings, callback=callback, cancel=cancel)
+        with VideoWriter(out, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
+            crops = pipeline.video_chunks(models, final, settings, cancel)
+            for chunk in full_frame_chunks(crops, framing, speech.num_frames, settings.fps, paste, cancel):
+                writer.write(chunk)
+    return Path(out)
