@@ -1,12 +1,13 @@
 """The V-Express sampler: reference + speech + keypoint track -> video frames."""
 from __future__ import annotations
 
-from vexpress_core.offload import DECODING_NETWORKS, DENOISING_NETWORKS
-from vexpress_core.pipeline import GenerationSettings, generate
+import dataclasses
+
+from vexpress_core.orchestration import PreparedReference, frames_phase
+from vexpress_core.settings import GenerationSettings, MemorySettings, SamplingSettings, WindowSettings
 
 from . import choices, runtime
 from .management import ModelHandle
-from .options import MemoryOptions, WindowOptions
 from .schema import Boolean, Combo, Float, Int, Link, Node, Output
 from .types import (
     AUDIO,
@@ -17,28 +18,23 @@ from .types import (
     MODELS,
     REFERENCE,
     WINDOW_OPTIONS,
-    ReferenceInput,
     SpeechInput,
     cut_audio,
     uint8_to_image,
 )
 
-SAMPLER_NETWORKS = DENOISING_NETWORKS + DECODING_NETWORKS
 
-
-def generation_settings(reference: ReferenceInput, speech: SpeechInput, steps, cfg, reference_weight, audio_weight,
-                        scheduler, seed, deflicker, window: WindowOptions | None = None,
-                        memory: MemoryOptions | None = None, low_vram: bool = False) -> GenerationSettings:
+def generation_settings(reference: PreparedReference, speech: SpeechInput, steps, cfg, reference_weight, audio_weight,
+                        scheduler, seed, deflicker, window: WindowSettings | None = None,
+                        memory: MemorySettings | None = None, low_vram: bool = False) -> GenerationSettings:
     """The core's settings for the sampler's inputs (size from the reference, fps from the speech); validates them.
     `low_vram` keeps the latents in host memory, as the networks are when idle."""
-    window, memory = window or WindowOptions(), memory or MemoryOptions()
-    return GenerationSettings(
-        width=reference.width, height=reference.height, fps=speech.fps, steps=steps, guidance_scale=cfg,
-        reference_weight=reference_weight, audio_weight=audio_weight, context_frames=window.context_frames,
-        context_overlap=window.context_overlap, blend=window.blend, scheduler=scheduler, seed=seed,
-        deflicker=deflicker, window_batch=memory.window_batch, decode_chunk=memory.decode_chunk,
-        vae_tiling=memory.vae_tiling, compile=memory.compile, latents_on_host=low_vram,
-    )
+    memory = memory or MemorySettings()
+    sampling = SamplingSettings(width=reference.width, height=reference.height, fps=speech.fps, steps=steps,
+                                guidance_scale=cfg, reference_weight=reference_weight, audio_weight=audio_weight,
+                                scheduler=scheduler, seed=seed, deflicker=deflicker)
+    return GenerationSettings(sampling, window or WindowSettings(),
+                              dataclasses.replace(memory, latents_on_host=memory.latents_on_host or low_vram))
 
 
 class VExpressSampler(Node):
@@ -71,7 +67,7 @@ class VExpressSampler(Node):
     )
 
     @classmethod
-    def execute(cls, models: ModelHandle, reference: ReferenceInput, speech: SpeechInput, kps, steps, cfg,
+    def execute(cls, models: ModelHandle, reference: PreparedReference, speech: SpeechInput, kps, steps, cfg,
                 reference_weight, audio_weight, scheduler, seed, deflicker, window_options=None, memory_options=None):
         settings = generation_settings(reference, speech, steps, cfg, reference_weight, audio_weight, scheduler, seed,
                                        deflicker, window_options, memory_options, low_vram=models.low_vram)
@@ -80,8 +76,7 @@ class VExpressSampler(Node):
         def on_window(progress) -> None:
             bar.set(progress.step * progress.num_windows + progress.window, progress.num_steps * progress.num_windows)
 
-        with models.using(SAMPLER_NETWORKS) as networks:
-            result = generate(networks, reference.reference, speech.speech, kps, settings,
-                              callback=on_window, cancel=runtime.check_interrupted)
+        result = frames_phase(models.using, reference, speech.speech, kps, settings, callback=on_window,
+                              cancel=runtime.check_interrupted)
         frames = uint8_to_image(result.frames)
         return (frames, cut_audio(speech.audio, len(frames) / result.fps), float(result.fps))

@@ -416,7 +416,7 @@ def test_module_entry_point():
 
 
 def test_registered_detectors_and_schedulers_appear_in_the_cli_help(capsys):
-    from vexpress_core.keypoints import DETECTORS
+    from vexpress_core.detectors import DETECTORS
     from vexpress_core.sampling import SCHEDULERS
 
     DETECTORS.register("dummy_detector", lambda model_dir: None)

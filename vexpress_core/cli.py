@@ -12,8 +12,10 @@ import torch
 from tqdm import tqdm
 
 from .dtypes import AUTO, DTYPES, resolved_dtype
-from .keypoints import DETECTORS, RESAMPLE_MODES, RETARGET_MODES
-from .sampling import BLEND_WEIGHTS, SCHEDULERS
+from .detectors import DETECTORS
+from .keypoints import RESAMPLE_MODES, RETARGET_MODES
+from .orchestration import CROP_MODES, DEFAULT_CROP, DEFAULT_FACE_MARGIN
+from .sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
 
 
 def default_device() -> str:
@@ -31,7 +33,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="classifier-free guidance scale")
     parser.add_argument("--reference-weight", type=float, default=defaults.reference_weight, help="0.9-1.0 recommended")
     parser.add_argument("--audio-weight", type=float, default=defaults.audio_weight, help="1.0-3.0 recommended")
-    parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="frames per window, at most 32")
+    parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help=f"frames per window, at most {MAX_CONTEXT_FRAMES} (the published motion modules)")
     parser.add_argument("--context-overlap", type=int, default=defaults.context_overlap)
     parser.add_argument("--blend", choices=BLEND_WEIGHTS.names(), default=defaults.blend, help="how overlapping windows are fused")
     parser.add_argument("--window-batch", type=int, default=1, help="windows denoised together (more = faster, more memory)")
@@ -81,21 +83,6 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"reference image {path} cannot be read as an image ({error})") from error
 
 
-def driving_track(args: argparse.Namespace, detector):
-    from .keypoints import extract_track_from_video, load_any_track
-
-    if args.kps:
-        track = load_any_track(args.kps)
-        if args.kps_fps:
-            from dataclasses import replace
-
-            track = replace(track, fps=args.kps_fps)
-        return track
-    if args.driving_video:
-        return extract_track_from_video(args.driving_video, detector, args.face_index)
-    return None
-
-
 def distributed_state():
     """accelerate's process state under `accelerate launch` with several processes, else None."""
     import os
@@ -110,14 +97,16 @@ def distributed_state():
 def run_generate(args: argparse.Namespace) -> Path:
     from .audio import load_audio
     from .checkpoint import load_models
-    from .keypoints import make_detector, output_track, reference_keypoints
-    from .offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
-    from .pipeline import denoise, encode_speech, prepare_reference, resized_reference, write_video
+    from .detectors import make_detector
+    from .offload import DENOISING_NETWORKS, placed
+    from .orchestration import (Framing, driving_track, framed_reference, generation_settings, reference_phase,
+                                speech_phase, track_phase, video_phase)
+    from .pipeline import denoise
     from .video import check_output_path
 
     settings = settings_from(args)
+    framing = Framing(args.crop, args.face_margin, args.face_index)
     out = check_output_path(args.out)
-    retarget = args.retarget or ("naive_retarget" if (args.kps or args.driving_video) else "fix_face")
     state = distributed_state()
     device = args.device or (str(state.device) if state else default_device())
     image = read_image(args.reference)
@@ -125,31 +114,33 @@ def run_generate(args: argparse.Namespace) -> Path:
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
     detector = make_detector(args.detector, args.models)
-    kps = reference_keypoints(resized_reference(image, settings.width, settings.height), detector, args.face_index)
-    driving = driving_track(args, detector)
+    framed = framed_reference(image, settings.width, settings.height, detector, framing)
+    driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index)
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
-    with placed(models, REFERENCE_NETWORKS, run_device, idle_device) as active:
-        reference = prepare_reference(active, image, settings.width, settings.height)
-    with placed(models, SPEECH_NETWORKS, run_device, idle_device) as active:
-        speech = encode_speech(active, waveform, settings.fps, name=str(args.audio))
-    track = output_track(kps, driving, settings.width, settings.height, speech.num_frames,
-                         retarget, args.kps_resample, settings.fps)
+
+    def using(names):
+        return placed(models, names, run_device, idle_device)
+
+    reference = reference_phase(using, framed)
+    speech = speech_phase(using, waveform, settings.fps, name=str(args.audio))
+    track = track_phase(reference, speech, driving, args.retarget, args.kps_resample)
     if state is not None and not state.is_main_process:
-        with placed(models, DENOISING_NETWORKS, run_device, idle_device) as active:
-            denoise(active, reference, speech, track, settings)  # this process's share of the windows
+        with using(DENOISING_NETWORKS) as active:  # this process's share of the windows
+            denoise(active, reference.reference, speech, track, generation_settings(reference, speech, settings))
         return out
     bar, update = progress_bar(settings, speech.num_frames)
-    with bar, placed(models, DENOISING_NETWORKS + DECODING_NETWORKS, run_device, idle_device) as active:
-        write_video(active, reference, speech, track, settings, out, callback=update)
+    with bar:
+        video_phase(using, reference, speech, track, settings, out, callback=update)
     print(f"wrote {out}: {speech.num_frames} frames at {settings.fps} fps")
     return out
 
 
 def run_demo(args: argparse.Namespace) -> Path:
-    from .audio import DEMO_SPEECH, load_audio
+    from .audio import load_audio
     from .checkpoint import load_models
-    from .keypoints import load_demo_portrait, output_track
-    from .pipeline import GenerationSettings, encode_speech, prepare_reference, write_video
+    from .demo import DEMO_SPEECH, load_demo_portrait
+    from .orchestration import framed_reference, reference_phase, speech_phase, track_phase, using_models, video_phase
+    from .pipeline import GenerationSettings
     from .tiny import make_tiny_models
     from .video import check_output_path
 
@@ -160,20 +151,21 @@ def run_demo(args: argparse.Namespace) -> Path:
     settings = GenerationSettings(width=args.size, height=args.size, steps=args.steps, seed=args.seed)
     portrait, portrait_kps = load_demo_portrait()
     with tempfile.TemporaryDirectory() as tmp:
-        models = load_models(make_tiny_models(Path(tmp) / "models", seed=args.seed))
-    reference = prepare_reference(models, portrait, settings.width, settings.height)
-    scale = np.array([settings.width / portrait.shape[1], settings.height / portrait.shape[0]], np.float32)
-    speech = encode_speech(models, load_audio(DEMO_SPEECH), settings.fps)
-    track = output_track(portrait_kps * scale, None, settings.width, settings.height, speech.num_frames, "fix_face", fps=settings.fps)
+        using = using_models(load_models(make_tiny_models(Path(tmp) / "models", seed=args.seed)))
+    framed = framed_reference(portrait, settings.width, settings.height, None, keypoints=portrait_kps)
+    reference = reference_phase(using, framed)
+    speech = speech_phase(using, load_audio(DEMO_SPEECH), settings.fps)
+    track = track_phase(reference, speech, None, "fix_face")
     bar, update = progress_bar(settings, speech.num_frames)
     with bar:
-        write_video(models, reference, speech, track, settings, out, callback=update)
+        video_phase(using, reference, speech, track, settings, out, callback=update)
     print(f"wrote {out}: {speech.num_frames} frames, {settings.width}x{settings.height}, {settings.fps} fps, with the demo speech")
     return out
 
 
 def run_extract(args: argparse.Namespace) -> Path:
-    from .keypoints import extract_track_from_video, make_detector, save_track
+    from .detectors import extract_track_from_video, make_detector
+    from .keypoints import save_track
 
     detector = make_detector(args.detector, args.models)
     with tqdm(desc="detecting faces", unit="frame") as bar:
@@ -234,6 +226,11 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--kps-resample", choices=RESAMPLE_MODES.names(), help="default: time when the track knows its fps")
     generate.add_argument("--kps-fps", type=float, help="fps of a published kps.pth track (enables time resampling)")
     generate.add_argument("--face-index", type=int, help="face to use, counted from the left (default: largest)")
+    generate.add_argument("--crop", choices=CROP_MODES.names(), default=DEFAULT_CROP,
+                          help="center: largest centred crop of the output aspect; face: around the detected face "
+                               "with --face-margin; stretch: resize the whole photo (published)")
+    generate.add_argument("--face-margin", type=float, default=DEFAULT_FACE_MARGIN,
+                          help="for --crop face: space around the face box on each side, as a fraction of its size")
     generate.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     add_generation_options(generate)
     generate.add_argument("--out", required=True, help="output .mp4")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..keypoints import Face, FaceDetector, select_face
+from ..detectors import Face, FaceDetector, select_face
 
 PLAN_FORMAT_VERSION = 1
 DEFAULT_MARGIN = 0.3
