@@ -28,7 +28,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     defaults = GenerationSettings()
     parser.add_argument("--width", type=int, default=defaults.width, help="output width, a multiple of 8")
     parser.add_argument("--height", type=int, default=defaults.height, help="output height, a multiple of 8")
-    parser.add_argument("--fps", type=float, default=defaults.fps)
+    parser.add_argument("--fps", type=float, help=f"frames per second (default {defaults.fps:g}; with --dub the video's)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="classifier-free guidance scale")
     parser.add_argument("--reference-weight", type=float, default=defaults.reference_weight, help="0.9-1.0 recommended")
@@ -52,7 +52,8 @@ def settings_from(args: argparse.Namespace):
     from .pipeline import GenerationSettings
 
     return GenerationSettings(
-        width=args.width, height=args.height, fps=args.fps, steps=args.steps, guidance_scale=args.guidance,
+        width=args.width, height=args.height, fps=args.fps or GenerationSettings.fps, steps=args.steps,
+        guidance_scale=args.guidance,
         reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
         context_overlap=args.context_overlap, blend=args.blend, scheduler=args.scheduler, seed=args.seed,
         window_batch=args.window_batch, deflicker=args.deflicker, latents_on_host=args.low_vram, compile=args.compile,
@@ -95,6 +96,12 @@ def distributed_state():
 
 
 def run_generate(args: argparse.Namespace) -> Path:
+    from .framing.commands import is_full_frame, run_full_frame
+
+    if is_full_frame(args):
+        return run_full_frame(args)
+    if not args.reference:
+        raise ValueError("generate needs a portrait: --reference PHOTO (or --dub VIDEO to re-voice a video)")
     from .audio import load_audio
     from .checkpoint import load_models
     from .detectors import make_detector
@@ -210,13 +217,15 @@ def run_download(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .framing.commands import add_framing_options
+
     main = argparse.ArgumentParser(prog="python -m vexpress_core", description="V-Express talking-head generation")
     commands = main.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="photo + speech (+ driving keypoints) -> mp4")
     generate.add_argument("--models", required=True, help="model directory in the published model_ckpts layout")
     generate.add_argument("--weights", help="folder with the five V-Express files (e.g. a training checkpoint)")
-    generate.add_argument("--reference", required=True, help="portrait image")
+    generate.add_argument("--reference", help="portrait image (with --dub: optional, a photo to use as the face)")
     generate.add_argument("--audio", required=True, help="speech: any audio file or a video's soundtrack")
     driving = generate.add_mutually_exclusive_group()
     driving.add_argument("--kps", help="keypoint track: published kps.pth, or .npz/.json from extract-kps")
@@ -233,6 +242,7 @@ def parser() -> argparse.ArgumentParser:
                           help="for --crop face: space around the face box on each side, as a fraction of its size")
     generate.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     add_generation_options(generate)
+    add_framing_options(generate)
     generate.add_argument("--out", required=True, help="output .mp4")
     generate.set_defaults(run=run_generate)
 

@@ -18,7 +18,8 @@ from .audio import SAMPLE_RATE, audio_windows_from_sequence, encode_audio, frame
 from .checkpoint import VExpressModels
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, check_context, make_scheduler, sample
+from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, accumulation_dtype,
+                       check_context, make_scheduler, sample)
 from .settings import GenerationSettings
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
 
@@ -105,11 +106,12 @@ def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int,
 
 
 def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4,
-                    scale_factor: int = 8) -> torch.Tensor:
-    """The published noise: torch.randn on the CPU in fp32 from a seeded generator (defaults: the
-    published model's latent channels and VAE scale factor)."""
+                    scale_factor: int = 8, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The published noise: torch.randn on the CPU in the model's dtype from a seeded generator
+    (defaults: the published model's latent channels and VAE scale factor)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn([1, channels, num_frames, height // scale_factor, width // scale_factor], generator=generator)
+    return torch.randn([1, channels, num_frames, height // scale_factor, width // scale_factor],
+                       generator=generator, dtype=dtype)
 
 
 def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) -> None:
@@ -132,14 +134,15 @@ def check_model_limits(models: VExpressModels, settings: GenerationSettings) -> 
 def denoise(models: VExpressModels, reference: Reference, speech: Speech, track: KeypointTrack,
             settings: GenerationSettings, latents: torch.Tensor | None = None,
             callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Final latents [1, 4, F, H/8, W/8] (float32; in host memory with `latents_on_host`, else on the
+    """Final latents [1, 4, F, H/8, W/8] (in the UNet's dtype, at least float32; in host memory with `latents_on_host`, else on the
     models' device)."""
     width, height, num_frames = settings.width, settings.height, speech.num_frames
     check_track(track, num_frames, width, height)
     check_model_limits(models, settings)
     channels, factor = models.latent_channels, models.vae_scale_factor
     if latents is None:
-        latents = initial_latents(settings.seed, num_frames, width, height, channels, factor)
+        latents = initial_latents(settings.seed, num_frames, width, height, channels, factor,
+                                  dtype=models.denoising_unet.dtype)
     expected = (1, channels, num_frames, height // factor, width // factor)
     if tuple(latents.shape) != expected:
         raise ValueError(f"initial latents have shape {tuple(latents.shape)}, expected {expected}")
@@ -152,7 +155,7 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
                               settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
     generator = torch.Generator(device=models.device).manual_seed(settings.seed)
-    latents = latents.to(torch.float32)
+    latents = latents.to(accumulation_dtype(models.denoising_unet.dtype))
     if settings.latents_on_host:
         latents = latents.pin_memory() if models.device.type == "cuda" else latents
     else:
@@ -167,7 +170,7 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
 @torch.no_grad()
 def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8,
                    cancel: Callable[[], bool] | None = None, tiled: bool = False) -> Iterator[torch.Tensor]:
-    """Frames [n, 3, H, W] in [0, 1] (float32, CPU), `chunk` frames per VAE call (spatially tiled
+    """Frames [n, 3, H, W] in [0, 1] (CPU; the VAE's dtype, at least float32), `chunk` frames per VAE call (spatially tiled
     with `tiled`, for large sizes on small GPUs); `cancel()` is checked before every call and
     raises `Cancelled`."""
     vae = models.vae
@@ -177,7 +180,7 @@ def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8
             raise Cancelled(f"cancelled while decoding frame {start + 1}/{frames.shape[0]}")
         piece = (frames[start:start + chunk] * (1 / vae.config.scaling_factor)).to(vae.device, vae.dtype)
         images = vae.tiled_decode(piece).sample if tiled else vae.decode(piece).sample
-        yield (images / 2 + 0.5).clamp(0, 1).float().cpu()
+        yield (images.to(accumulation_dtype(vae.dtype)) / 2 + 0.5).clamp(0, 1).cpu()
 
 
 def frames_hwc(chunks: Iterator[torch.Tensor], deflicker: bool) -> Iterator[np.ndarray]:

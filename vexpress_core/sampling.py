@@ -49,6 +49,12 @@ class Cancelled(RuntimeError):
     """Raised when the cancel check asks the sampler to stop."""
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where predictions and latents are combined: the model's dtype, at least float32 (fp16 and
+    bf16 models accumulate in float32, float64 models stay float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def make_scheduler(name: str = "ddim"):
     return SCHEDULERS[name]()
 
@@ -85,7 +91,7 @@ def mean_weights(length: int) -> torch.Tensor:
 @BLEND_WEIGHTS.register("ramp")
 def ramp_weights(length: int) -> torch.Tensor:
     """A triangular ramp, so frames near a window's edge count less than those at its centre."""
-    positions = torch.arange(length, dtype=torch.float32)
+    positions = torch.arange(length, dtype=torch.float64)
     return torch.minimum(positions + 1, length - positions) / math.ceil(length / 2)
 
 
@@ -176,7 +182,7 @@ class GuidedDenoiser:
         prediction = self.unet(
             batch, timestep, audio.flatten(0, 1), self._reference(len(windows)), kps,
             reference_weight=self.reference_weight, audio_weight=self.audio_weight,
-        ).float()
+        ).to(accumulation_dtype(dtype))
         if self.guided:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
@@ -232,15 +238,15 @@ def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep
                        on_prediction: Callable[[Sequence[int], torch.Tensor], None] | None = None) -> torch.Tensor:
     """Every frame's prediction: the weighted mean over the windows that cover it. `on_prediction(window,
     prediction)` sees each window's own prediction before `on_window(done)` counts it."""
-    total = torch.zeros_like(latents, dtype=torch.float32)
-    weight_sum = torch.zeros(latents.shape[2], device=latents.device)
+    total = torch.zeros_like(latents, dtype=accumulation_dtype(latents.dtype))
+    weight_sum = torch.zeros(latents.shape[2], device=latents.device, dtype=total.dtype)
     done = 0
     for index, group in enumerate(window_batches(windows, window_batch)):
         if not shard.owns(index):
             continue
         predictions = denoiser(latents, timestep, group)
         for window, prediction in zip(group, predictions):
-            weights = blend_weights(blend, len(window)).to(latents.device)
+            weights = blend_weights(blend, len(window)).to(latents.device, total.dtype)
             total[0, :, window] += prediction * weights[None, :, None, None]
             weight_sum[window] += weights
             done += 1
