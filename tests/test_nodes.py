@@ -271,7 +271,7 @@ def test_object_info_is_comfyuis_v3_shape(node_id):
 
 def test_registered_choices_appear_in_node_inputs():
     """A detector or scheduler registered after import shows up in the combos (read at schema time)."""
-    from vexpress_core.keypoints import DETECTORS
+    from vexpress_core.detectors import DETECTORS
     from vexpress_core.sampling import SCHEDULERS
 
     DETECTORS.register("dummy-detector", lambda model_dir: None)
