@@ -24,6 +24,9 @@ def add_framing_options(generate: argparse.ArgumentParser) -> None:
     group.add_argument("--reference-frame", type=int,
                        help="with --dub: the frame whose face is the reference (default: the most frontal one); "
                             "or give a photo with --reference")
+    group.add_argument("--face-margin", type=float, default=DEFAULT_MARGIN,
+                       help=f"room around the face box on each side, as a fraction of the face size (default "
+                            f"{DEFAULT_MARGIN} with --paste-back/--dub: the samples' framing; 0.6 for --crop face)")
     group.add_argument("--feather", type=float, default=DEFAULT_FEATHER,
                        help=f"width of the soft edge of the pasted head, as a fraction of the crop size "
                             f"(default {DEFAULT_FEATHER}; 0 = hard edge)")
@@ -65,7 +68,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
-    from .. import cli
+    from .. import cli_common as cli
     from ..audio import SAMPLE_RATE, load_audio
     from ..checkpoint import load_models
     from ..detectors import make_detector
