@@ -21,15 +21,8 @@ from vexpress_core import keypoints as kp
 from vexpress_core import pipeline
 from vexpress_core.audio import load_audio
 from vexpress_core.checkpoint import load_models
-from vexpress_core.keypoints import (
-    KeypointTrack,
-    extract_track_from_video,
-    load_any_track,
-    load_kps_pth,
-    make_detector,
-    output_track,
-    reference_keypoints,
-)
+from vexpress_core.detectors import extract_track_from_video, make_detector, reference_keypoints
+from vexpress_core.keypoints import KeypointTrack, load_any_track, load_kps_pth, output_track
 from vexpress_core.pipeline import (
     GenerationSettings,
     Speech,
@@ -160,7 +153,7 @@ def assert_video(path: Path, num_frames: int, fps: float, width: int, height: in
 # mp4 output per retarget mode and driving input
 
 
-@pytest.mark.parametrize("mode", kp.RETARGET_MODES)
+@pytest.mark.parametrize("mode", kp.RETARGET_MODES.names())
 def test_each_retarget_mode_with_a_published_track_writes_the_video(
     mode, models, reference, reference_kps, published_track, waveform, tmp_path
 ):

@@ -31,9 +31,9 @@ from vexpress_core.audio import (
     padded_audio_sequence,
 )
 from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, load_models, read_unet_config
-from vexpress_core.keypoints import draw_kps_image, read_video_frames
+from vexpress_core.keypoints import draw_kps_image
 from vexpress_core.models import VExpressUNet, reference_features
-from vexpress_core.video import write_mp4
+from vexpress_core.video import read_video_frames, write_mp4
 from vexpress_training import prepare as prepare_module
 from vexpress_training.clipdata import DataError, read_labels, read_manifest
 from vexpress_training.config import ConfigError, TrainConfig, load_config

@@ -18,52 +18,10 @@ from .audio import SAMPLE_RATE, audio_windows_from_sequence, encode_audio, frame
 from .checkpoint import VExpressModels
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, accumulation_dtype, blend_weights,
+from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, accumulation_dtype,
                        check_context, make_scheduler, sample)
+from .settings import GenerationSettings
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
-
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Defaults are the published ones."""
-
-    width: int = 512
-    height: int = 512
-    fps: float = 30.0
-    steps: int = 25
-    guidance_scale: float = 3.5
-    reference_weight: float = 0.95
-    audio_weight: float = 3.0
-    context_frames: int = 24
-    context_overlap: int = 4
-    blend: str = "mean"
-    scheduler: str = "ddim"
-    seed: int = 42
-    eta: float = 0.0
-    num_pad_audio_frames: int = 2
-    window_batch: int = 1
-    decode_chunk: int = 8
-    deflicker: bool = True
-    cache_reference_kv: bool = True
-    latents_on_host: bool = False
-    compile: bool = False
-    vae_tiling: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value < 8 or value % 8:
-                raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
-        if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.window_batch < 1 or self.decode_chunk < 1:
-            raise ValueError("window_batch and decode_chunk must be at least 1")
-        check_context(self.context_frames, self.context_overlap)
-        make_scheduler(self.scheduler)
-        blend_weights(self.blend, 1)
 
 
 @dataclass
@@ -147,15 +105,17 @@ def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int,
     return features
 
 
-def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4, *,
-                    dtype: torch.dtype = torch.float32, encoder_layers: int = 0) -> torch.Tensor:
+def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4,
+                    scale_factor: int = 8, *, dtype: torch.dtype = torch.float32, encoder_layers: int = 0) -> torch.Tensor:
     """The published CLI's noise for `seed`: torch.randn on the CPU in the model's dtype, drawn
     after one torch.rand([]) per wav2vec2 encoder layer (see `published_noise_draws`). Drawn from
-    a generator of its own; torch's global generator is left alone."""
+    a generator of its own; torch's global generator is left alone. Defaults: the published
+    model's latent channels and VAE scale factor."""
     generator = torch.Generator().manual_seed(seed)
     for _ in range(encoder_layers):
         torch.rand([], generator=generator)
-    return torch.randn([1, channels, num_frames, height // 8, width // 8], generator=generator, dtype=dtype)
+    return torch.randn([1, channels, num_frames, height // scale_factor, width // scale_factor],
+                       generator=generator, dtype=dtype)
 
 
 def published_noise_draws(models: VExpressModels) -> int:
@@ -173,6 +133,15 @@ def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) 
         raise ValueError(f"keypoint track is in {track.frame_size} pixels, the output is {(width, height)}; scale it first")
 
 
+def check_model_limits(models: VExpressModels, settings: GenerationSettings) -> None:
+    """The settings against the loaded networks' own limits: motion length, VAE scale factor."""
+    check_context(settings.context_frames, settings.context_overlap, models.motion_length)
+    factor = models.vae_scale_factor
+    for name in ("width", "height"):
+        if getattr(settings, name) % factor:
+            raise ValueError(f"{name} must be a multiple of {factor} (the VAE's scale factor), got {getattr(settings, name)}")
+
+
 @torch.no_grad()
 def denoise(models: VExpressModels, reference: Reference, speech: Speech, track: KeypointTrack,
             settings: GenerationSettings, latents: torch.Tensor | None = None,
@@ -181,10 +150,12 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     models' device)."""
     width, height, num_frames = settings.width, settings.height, speech.num_frames
     check_track(track, num_frames, width, height)
+    check_model_limits(models, settings)
+    channels, factor = models.latent_channels, models.vae_scale_factor
     if latents is None:
-        latents = initial_latents(settings.seed, num_frames, width, height, dtype=models.denoising_unet.dtype,
-                                  encoder_layers=published_noise_draws(models))
-    expected = (1, models.denoising_unet.config.in_channels, num_frames, height // 8, width // 8)
+        latents = initial_latents(settings.seed, num_frames, width, height, channels, factor,
+                                  dtype=models.denoising_unet.dtype, encoder_layers=published_noise_draws(models))
+    expected = (1, channels, num_frames, height // factor, width // factor)
     if tuple(latents.shape) != expected:
         raise ValueError(f"initial latents have shape {tuple(latents.shape)}, expected {expected}")
     conditions = Conditions(

@@ -19,6 +19,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 
 from .registry import Registry
 
+# The published motion modules' length: the bound of settings and UI widgets before a model is
+# loaded. Sampling also checks the loaded UNet's own length (VExpressModels.motion_length).
 MAX_CONTEXT_FRAMES = 32
 
 SCHEDULER_CONFIG = {
@@ -58,9 +60,9 @@ def make_scheduler(name: str = "ddim"):
     return SCHEDULERS[name]()
 
 
-def check_context(context_frames: int, context_overlap: int) -> None:
-    if not 1 <= context_frames <= MAX_CONTEXT_FRAMES:
-        raise ValueError(f"context_frames must be in 1..{MAX_CONTEXT_FRAMES} (the motion modules' position code), got {context_frames}")
+def check_context(context_frames: int, context_overlap: int, motion_length: int = MAX_CONTEXT_FRAMES) -> None:
+    if not 1 <= context_frames <= motion_length:
+        raise ValueError(f"context_frames must be in 1..{motion_length} (the motion modules' position code), got {context_frames}")
     if not 0 <= context_overlap < context_frames:
         raise ValueError(f"context_overlap must be in 0..context_frames-1 ({context_frames - 1}), got {context_overlap}")
 
