@@ -79,7 +79,7 @@ def expected_frames(wav: Path, fps: float) -> int:
 
 def assert_video(path: Path, frames: int, fps: float, size=(64, 64)) -> None:
     info = probe_video(path)
-    assert abs(info["frames"] - frames) <= 1, info
+    assert info["frames"] == frames, info
     assert info["fps"] == fps, info
     assert (info["width"], info["height"]) == size, info
     assert info["audio_streams"] == 1, info

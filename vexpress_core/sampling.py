@@ -8,6 +8,7 @@ The model call is composed as `guided(windowed(unet))`-style pure pieces:
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -257,6 +258,13 @@ def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep
     return (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
 
 
+def step_options(scheduler, **options) -> dict:
+    """The options (eta, the seeded generator) that this scheduler's `step` accepts, so the seed
+    reaches any scheduler that draws noise while stepping, not only DDIM."""
+    accepted = inspect.signature(scheduler.step).parameters
+    return {name: value for name, value in options.items() if name in accepted}
+
+
 def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps: int, *,
            context_frames: int = 24, context_overlap: int = 4, blend: str = "mean", window_batch: int = 1,
            generator: torch.Generator | None = None, eta: float = 0.0,
@@ -272,7 +280,7 @@ def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps
     windows = context_windows(num_frames, context_frames, context_overlap)
     scheduler.set_timesteps(num_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
-    step_kwargs = {"eta": eta, "generator": generator} if isinstance(scheduler, DDIMScheduler) else {}
+    step_kwargs = step_options(scheduler, eta=eta, generator=generator)
     latest: dict = {}  # the last window's frames and clean-latent estimate, for the callback
     for index, timestep in enumerate(scheduler.timesteps):
 
