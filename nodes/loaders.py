@@ -1,8 +1,6 @@
 """Loading: the V-Express model folder and the reference portrait."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import torch
 
@@ -11,35 +9,12 @@ from vexpress_core.orchestration import DEFAULT_CROP, DEFAULT_FACE_MARGIN, Frami
 
 from . import choices, runtime
 from .detectors import detector_for
+from .fetch import STORAGE_CHOICES, model_choices, model_folder, model_folder_path, model_folders, will_download
 from .management import ModelHandle
 from .schema import Combo, Float, Int, Link, Node, Output
 from .types import IMAGE, MODELS, REFERENCE, image_to_uint8, uint8_to_image
 
 IDLE_CHOICES = ("gpu", "cpu")
-PUBLISHED_LAYOUT = "model_ckpts"
-
-
-def model_folders() -> list[str]:
-    """Subfolders of every registered `models/v-express` folder (each a copy of model_ckpts)."""
-    names = set()
-    for root in runtime.model_roots():
-        if os.path.isdir(root):
-            names.update(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
-    return sorted(names)
-
-
-def model_folder_path(name: str) -> Path:
-    """The model directory for a dropdown entry; a full clone of the Hugging Face repo
-    (`<name>/model_ckpts/...`) works as well as a copy of `model_ckpts` itself."""
-    for root in runtime.model_roots():
-        candidate = Path(root) / name
-        if candidate.is_dir():
-            nested = candidate / PUBLISHED_LAYOUT
-            return nested if (nested / "v-express").is_dir() else candidate
-    roots = ", ".join(runtime.model_roots()) or "ComfyUI/models/v-express"
-    raise CheckpointError(f"V-Express model folder {name!r} not found in {roots}; copy tk93/V-Express's model_ckpts there as {name}/")
-
-
 class VExpressLoadModels(Node):
     DISPLAY_NAME = "Load V-Express Models"
     DESCRIPTION = (
@@ -49,14 +24,17 @@ class VExpressLoadModels(Node):
         "'Unload models' and ComfyUI's memory logic can evict them, and they can offload other models to make room."
     )
     INPUTS = (
-        Combo("model", model_folders, "A subfolder of ComfyUI/models/v-express/ holding the published model_ckpts layout (the example workflows use 'V-Express')."),
+        Combo("model", model_choices, "A subfolder of ComfyUI/models/v-express/ holding the published model_ckpts layout, or 'V-Express' before it is there: then the first run downloads the files V-Express needs from Hugging Face (tk93/V-Express, about 9.7 GB; Cancel stops it, the next run resumes)."),
         Combo("dtype", choices.dtype_names, "Weight precision. auto = fp16 on GPUs that handle it, else bf16/fp32; always fp32 on the CPU. fp16 halves memory (about 4.5 GB for the networks).", default="auto"),
         Combo("keep_idle_on", IDLE_CHOICES, "gpu = networks stay loaded after use until ComfyUI needs the memory (fastest); cpu = each network is on the GPU only while its step runs, and latents wait in host memory (saves VRAM, the published save_gpu_memory idea; about 8 GB peak at 512x512).", default="gpu"),
+        Combo("store_as", STORAGE_CHOICES, "Only when the model is downloaded: keep the five V-Express networks as published (fp32, 9.0 GB) or as fp16 safetensors (4.5 GB, checked to load strictly; what fp16 runs use anyway).", default=STORAGE_CHOICES[0], optional=True),
     )
     OUTPUTS = (Output(MODELS, "models", "The V-Express networks, for Load Reference, Audio Encode and the Sampler."),)
 
     @classmethod
     def validate_inputs(cls, model):
+        if will_download(model):
+            return True
         try:
             resolve_model_paths(model_folder_path(model))
         except CheckpointError as error:
@@ -64,8 +42,8 @@ class VExpressLoadModels(Node):
         return True
 
     @classmethod
-    def execute(cls, model, dtype, keep_idle_on):
-        model_dir = model_folder_path(model)
+    def execute(cls, model, dtype, keep_idle_on, store_as=STORAGE_CHOICES[0]):
+        model_dir = model_folder(model, fp16=store_as == STORAGE_CHOICES[1])
         load_device = runtime.torch_device()
         torch_dtype = runtime.auto_dtype(load_device) if dtype == "auto" else choices.dtype(dtype)
         low_vram = keep_idle_on == "cpu"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from vexpress_core.orchestration import PreparedReference, frames_phase
+from vexpress_core.preview import with_previews
 from vexpress_core.settings import GenerationSettings, MemorySettings, SamplingSettings, WindowSettings
 
 from . import choices, runtime
@@ -59,6 +60,7 @@ class VExpressSampler(Node):
         Boolean("deflicker", True, "Apply the published 3x3x3 median filter over time and space. Recommended on."),
         Link("window_options", WINDOW_OPTIONS, "Optional, from V-Express Window Options. Unconnected: 24 frames per window, overlap 4, mean blend (published).", optional=True),
         Link("memory_options", MEMORY_OPTIONS, "Optional, from V-Express Memory / Speed Options. Unconnected: 1 window per UNet call, 8 frames per VAE decode, no tiling, no compile.", optional=True),
+        Boolean("previews", True, "Show the current window's frames on the node while sampling (a cheap latent-to-RGB projection, no VAE; at most 2 per second, size from ComfyUI's --preview-size). Off = no pictures; the video is the same either way.", optional=True),
     )
     OUTPUTS = (
         Output(IMAGE, "images", "The video frames [F,H,W,3] in 0..1."),
@@ -68,15 +70,18 @@ class VExpressSampler(Node):
 
     @classmethod
     def execute(cls, models: ModelHandle, reference: PreparedReference, speech: SpeechInput, kps, steps, cfg,
-                reference_weight, audio_weight, scheduler, seed, deflicker, window_options=None, memory_options=None):
+                reference_weight, audio_weight, scheduler, seed, deflicker, window_options=None, memory_options=None,
+                previews=True):
         settings = generation_settings(reference, speech, steps, cfg, reference_weight, audio_weight, scheduler, seed,
                                        deflicker, window_options, memory_options, low_vram=models.low_vram)
         bar = runtime.Progress(steps)
 
-        def on_window(progress) -> None:
-            bar.set(progress.step * progress.num_windows + progress.window, progress.num_steps * progress.num_windows)
+        def on_window(progress, picture=None) -> None:
+            bar.set(progress.step * progress.num_windows + progress.window, progress.num_steps * progress.num_windows, picture)
 
-        result = frames_phase(models.using, reference, speech.speech, kps, settings, callback=on_window,
+        callback = with_previews(on_window, max_side=runtime.preview_size()) if previews else on_window
+
+        result = frames_phase(models.using, reference, speech.speech, kps, settings, callback=callback,
                               cancel=runtime.check_interrupted)
         frames = uint8_to_image(result.frames)
         return (frames, cut_audio(speech.audio, len(frames) / result.fps), float(result.fps))
