@@ -13,7 +13,7 @@ from vexpress_core.pipeline import prepare_reference, resized_reference
 
 from . import choices, runtime
 from .detectors import detector_for
-from .fetch import STORAGE_CHOICES, model_choices, model_folder, model_folder_path, model_folders, will_download
+from .fetch import STORAGE_CHOICES, model_choices, model_folder, model_folder_path, model_folders, will_download  # noqa: F401  (model_folders: the loader module's public name)
 from .management import ModelHandle
 from .schema import Combo, Float, Int, Link, Node, Output
 from .types import IMAGE, MODELS, REFERENCE, ReferenceInput, image_to_uint8, uint8_to_image
