@@ -1,16 +1,16 @@
 """V-Kps: face keypoint tracks from driving frames or files, retargeted onto the reference, drawn."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from vexpress_core.detectors import extract_track
-from vexpress_core.keypoints import draw_track, load_any_track, output_track
+from vexpress_core.keypoints import draw_track
+from vexpress_core.orchestration import PreparedReference, driving_track, track_phase
 
 from . import choices, runtime
 from .detectors import detector_for
 from .schema import Combo, Float, Int, Link, Node, Output
-from .types import AUDIO, IMAGE, KPS, MODELS, REFERENCE, ReferenceInput, SpeechInput, image_to_uint8, uint8_to_image
+from .types import AUDIO, IMAGE, KPS, MODELS, REFERENCE, SpeechInput, image_to_uint8, uint8_to_image
 
 TRACK_SUFFIXES = (".pth", ".pt", ".npz", ".json")
 
@@ -75,8 +75,7 @@ class VExpressKpsLoad(Node):
 
     @classmethod
     def execute(cls, file, fps):
-        track = load_any_track(runtime.annotated_filepath(file))
-        return (dataclasses.replace(track, fps=fps) if fps > 0 else track,)
+        return (driving_track(kps_file=runtime.annotated_filepath(file), kps_fps=fps or None),)
 
 
 class VExpressKpsRetarget(Node):
@@ -97,10 +96,8 @@ class VExpressKpsRetarget(Node):
     OUTPUTS = (Output(KPS, "kps", "The per-frame keypoints for the Sampler (frame count and size of the output video)."),)
 
     @classmethod
-    def execute(cls, reference: ReferenceInput, speech: SpeechInput, mode, resample, kps=None):
-        track = output_track(reference.keypoints, kps, reference.width, reference.height, speech.num_frames, mode,
-                             None if resample == choices.AUTO else resample, speech.fps)
-        return (track,)
+    def execute(cls, reference: PreparedReference, speech: SpeechInput, mode, resample, kps=None):
+        return (track_phase(reference, speech.speech, kps, mode, None if resample == choices.AUTO else resample),)
 
 
 class VExpressKpsPreview(Node):

@@ -2,23 +2,18 @@
 from __future__ import annotations
 
 
-import numpy as np
 import torch
 
 from vexpress_core.checkpoint import CheckpointError, load_models, resolve_model_paths
-from vexpress_core.detectors import reference_keypoints, select_face
-from vexpress_core.keypoints import crop_box
-from vexpress_core.offload import REFERENCE_NETWORKS
-from vexpress_core.pipeline import prepare_reference, resized_reference
+from vexpress_core.orchestration import DEFAULT_CROP, DEFAULT_FACE_MARGIN, Framing, framed_reference, reference_phase
 
 from . import choices, runtime
 from .detectors import detector_for
 from .fetch import STORAGE_CHOICES, model_choices, model_folder, model_folder_path, model_folders, will_download  # noqa: F401  (model_folders: the loader module's public name)
 from .management import ModelHandle
 from .schema import Combo, Float, Int, Link, Node, Output
-from .types import IMAGE, MODELS, REFERENCE, ReferenceInput, image_to_uint8, uint8_to_image
+from .types import IMAGE, MODELS, REFERENCE, image_to_uint8, uint8_to_image
 
-CROP_MODES = ("center", "face", "stretch")
 IDLE_CHOICES = ("gpu", "cpu")
 class VExpressLoadModels(Node):
     DISPLAY_NAME = "Load V-Express Models"
@@ -71,8 +66,8 @@ class VExpressLoadReference(Node):
         Link("image", IMAGE, "The portrait (first image of a batch is used). A clear, front-facing face works best."),
         Int("width", 512, 64, 1024, "Output width in pixels, a multiple of 8. Recommended 512 (the training size); 384-640 work.", step=8),
         Int("height", 512, 64, 1024, "Output height in pixels, a multiple of 8. Recommended 512; keep width and height even for H.264.", step=8),
-        Combo("crop", CROP_MODES, "center = largest centred crop of the output aspect; face = crop around the detected face with face_margin; stretch = resize without cropping (the published behaviour).", default="center"),
-        Float("face_margin", 0.6, 0.0, 3.0, "For crop = face: space kept around the face box on each side, as a fraction of the face size. Recommended 0.5-1.0 (head and shoulders).", step=0.05),
+        Combo("crop", choices.crop_names, "center = largest centred crop of the output aspect; face = crop around the detected face with face_margin; stretch = resize without cropping (the published behaviour).", default=DEFAULT_CROP),
+        Float("face_margin", DEFAULT_FACE_MARGIN, 0.0, 3.0, "For crop = face: space kept around the face box on each side, as a fraction of the face size. Recommended 0.5-1.0 (head and shoulders).", step=0.05),
         Combo("detector", choices.detector_names, "Face detector. auto = insightface when <model>/insightface_models/models/buffalo_l and the insightface package exist, else retinaface (bundled, CPU).", default="auto"),
         Int("face_index", -1, -1, 32, "-1 = the largest face; 0, 1, ... = faces counted from the image's left."),
     )
@@ -88,19 +83,8 @@ class VExpressLoadReference(Node):
         for name, value in (("width", width), ("height", height)):
             if value < 8 or value % 8:
                 raise ValueError(f"Load Reference {name} must be a positive multiple of 8, got {value}")
-        picture = image_to_uint8(image[0])
-        face_choice = None if face_index < 0 else face_index
-        finder = detector_for(detector, models.model_dir)
-        aspect = width / height
-        if crop == "face":
-            face = select_face(finder.detect(picture), face_choice, "the reference image")
-            x0, y0, x1, y1 = crop_box((picture.shape[1], picture.shape[0]), aspect, face.bbox, face_margin)
-            picture = picture[y0:y1, x0:x1]
-        elif crop == "center":
-            x0, y0, x1, y1 = crop_box((picture.shape[1], picture.shape[0]), aspect)
-            picture = picture[y0:y1, x0:x1]
-        picture = resized_reference(picture, width, height)
-        keypoints = reference_keypoints(picture, finder, face_choice)
-        with models.using(REFERENCE_NETWORKS) as networks, runtime.interruptible(networks.vae, networks.reference_net):
-            reference = prepare_reference(networks, picture, width, height)
-        return (ReferenceInput(reference, np.asarray(keypoints, np.float32)), uint8_to_image(reference.image[None]))
+        framing = Framing(crop, face_margin, None if face_index < 0 else face_index)
+        framed = framed_reference(image_to_uint8(image[0]), width, height, detector_for(detector, models.model_dir), framing)
+        with runtime.interruptible(models.models.vae, models.models.reference_net):
+            prepared = reference_phase(models.using, framed)
+        return (prepared, uint8_to_image(prepared.reference.image[None]))
