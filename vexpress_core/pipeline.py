@@ -16,6 +16,7 @@ from PIL import Image
 
 from .audio import SAMPLE_RATE, audio_windows_from_sequence, encode_audio, frame_count, padded_audio_sequence, validate_waveform
 from .checkpoint import VExpressModels
+from .frame_cache import DEFAULT_BUDGET_MB, FrameCache
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
 from .sampling import Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
@@ -48,6 +49,7 @@ class GenerationSettings:
     latents_on_host: bool = False
     compile: bool = False
     vae_tiling: bool = False
+    conditioning_budget_mb: int = DEFAULT_BUDGET_MB
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -60,6 +62,8 @@ class GenerationSettings:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.window_batch < 1 or self.decode_chunk < 1:
             raise ValueError("window_batch and decode_chunk must be at least 1")
+        if self.conditioning_budget_mb < 0:
+            raise ValueError(f"conditioning_budget_mb must be 0 or more, got {self.conditioning_budget_mb}")
         check_context(self.context_frames, self.context_overlap)
         make_scheduler(self.scheduler)
         blend_weights(self.blend, 1)
@@ -124,7 +128,9 @@ def encode_speech(models: VExpressModels, waveform_16k: np.ndarray, fps: float, 
     return Speech(waveform, hidden, num_frames, fps)
 
 
-def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int) -> Callable[[int, int], torch.Tensor]:
+def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int,
+                       budget_bytes: int = DEFAULT_BUDGET_MB * 2**20) -> FrameCache:
+    """Audio tokens [n, T, D] of any frame range; each frame projected once per generation within the budget."""
     sequence = padded_audio_sequence(speech.hidden, speech.num_frames, num_pad).to(models.device)
     projection = models.audio_projection
 
@@ -132,10 +138,13 @@ def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int) -> 
         windows = audio_windows_from_sequence(sequence, torch.arange(start, stop), num_pad)
         return projection(windows.to(projection.dtype))
 
-    return tokens
+    return FrameCache(tokens, speech.num_frames, 0, budget_bytes)
 
 
-def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int, height: int) -> Callable[[int, int], torch.Tensor]:
+def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int, height: int,
+                       budget_bytes: int = DEFAULT_BUDGET_MB * 2**20) -> FrameCache:
+    """V-Kps features [1, C, n, h, w] of any frame range; each frame drawn and run once per generation
+    within the budget."""
     guider = models.v_kps_guider
 
     def features(start: int, stop: int) -> torch.Tensor:
@@ -143,7 +152,7 @@ def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int,
         images = (drawings.to(guider.dtype) / 255.0).permute(3, 0, 1, 2)[None]
         return guider(images)
 
-    return features
+    return FrameCache(features, len(track), 2, budget_bytes)
 
 
 def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4) -> torch.Tensor:
@@ -172,11 +181,12 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     expected = (1, models.denoising_unet.config.in_channels, num_frames, height // 8, width // 8)
     if tuple(latents.shape) != expected:
         raise ValueError(f"initial latents have shape {tuple(latents.shape)}, expected {expected}")
-    conditions = Conditions(
-        reference.features,
-        audio_token_source(models, speech, settings.num_pad_audio_frames),
-        kps_feature_source(models, track, width, height),
-    )
+    budget = settings.conditioning_budget_mb * 2**20
+    audio_tokens = audio_token_source(models, speech, settings.num_pad_audio_frames, budget)
+    audio_tokens.fill()
+    kps_features = kps_feature_source(models, track, width, height, budget - audio_tokens.kept_bytes)
+    kps_features.fill()
+    conditions = Conditions(reference.features, audio_tokens, kps_features)
     unet = CompiledWithFallback(models.denoising_unet) if settings.compile else models.denoising_unet
     denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
                               settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)

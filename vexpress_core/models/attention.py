@@ -55,6 +55,11 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         out = out.transpose(1, 2).reshape(batch_frames, pixels, channels)
         return self.attn1_5.to_out[1](self.attn1_5.to_out[0](out))
 
+    def _reference_attention(self, normed: torch.Tensor, reference_feature: torch.Tensor | ReferenceKV) -> torch.Tensor:
+        if isinstance(reference_feature, ReferenceKV):
+            return self._cached_reference_attention(normed, reference_feature)
+        return self.attn1_5(normed, encoder_hidden_states=reference_feature)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -62,18 +67,42 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         reference_feature: torch.Tensor | ReferenceKV,
         reference_weight: float = 1.0,
         audio_weight: float = 1.0,
+        zero_context_rows: int = 0,
     ) -> torch.Tensor:
+        """`zero_context_rows`: the leading rows of the batch whose reference feature and audio tokens are
+        all zeros (CFG's unconditional branch). `audio_tokens` and `reference_feature` then hold only the
+        other rows; see `zero_context_residual`."""
         norm_hidden = self.norm1(hidden_states)
         hidden_states = hidden_states + self.attn1(norm_hidden)
-        normed = self.norm1_5(hidden_states)
-        if isinstance(reference_feature, ReferenceKV):
-            reference_out = self._cached_reference_attention(normed, reference_feature)
-        else:
-            reference_out = self.attn1_5(normed, encoder_hidden_states=reference_feature)
-        hidden_states = hidden_states + reference_weight * reference_out
-        audio_out = self.attn2(self.norm2(hidden_states), encoder_hidden_states=audio_tokens)
-        hidden_states = hidden_states + audio_weight * audio_out
+        rows = zero_context_rows
+        if rows and not (_zero_context_gives_bias(self.attn1_5) and _zero_context_gives_bias(self.attn2)):
+            raise ValueError("zero_context_rows needs attn1_5 and attn2 without key/value biases")
+        reference_out = self._reference_attention(self.norm1_5(hidden_states[rows:]), reference_feature)
+        hidden_states = zero_context_residual(hidden_states, reference_out, reference_weight, rows, self.attn1_5)
+        audio_out = self.attn2(self.norm2(hidden_states[rows:]), encoder_hidden_states=audio_tokens)
+        hidden_states = zero_context_residual(hidden_states, audio_out, audio_weight, rows, self.attn2)
         return hidden_states + self.ff(self.norm3(hidden_states))
+
+
+def _zero_context_gives_bias(attention: Attention) -> bool:
+    return attention.to_k.bias is None and attention.to_v.bias is None and attention.residual_connection is False \
+        and attention.rescale_output_factor == 1.0
+
+
+def zero_context_residual(hidden_states: torch.Tensor, out: torch.Tensor, weight: float, zero_rows: int,
+                          attention: Attention) -> torch.Tensor:
+    """`hidden + weight * attention(hidden, context)` where `out` is the attention's output for the rows
+    after the first `zero_rows`, whose context is all zeros. For those rows keys and values are zero
+    (no key/value biases), so the attention's output is exactly its output projection's bias: that is
+    what they get, bit for bit, without running the attention."""
+    if not zero_rows:
+        return hidden_states + weight * out
+    bias = attention.to_out[0].bias
+    zero_out = weight * (bias if bias is not None else hidden_states.new_zeros(hidden_states.shape[-1]))
+    result = torch.empty_like(hidden_states)
+    torch.add(hidden_states[:zero_rows], zero_out, out=result[:zero_rows])
+    torch.add(hidden_states[zero_rows:], weight * out, out=result[zero_rows:])
+    return result
 
 
 class SpatialTransformer(nn.Module):
@@ -95,12 +124,14 @@ class SpatialTransformer(nn.Module):
         reference_features: list[torch.Tensor],
         reference_weight: float,
         audio_weight: float,
+        zero_context_rows: int = 0,
     ) -> torch.Tensor:
         batch, channels, height, width = hidden_states.shape
         residual = hidden_states
         hidden_states = self.proj_in(self.norm(hidden_states))
         hidden_states = hidden_states.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
         for block, reference_feature in zip(self.transformer_blocks, reference_features):
-            hidden_states = block(hidden_states, audio_tokens, reference_feature, reference_weight, audio_weight)
+            hidden_states = block(hidden_states, audio_tokens, reference_feature, reference_weight, audio_weight,
+                                  zero_context_rows)
         hidden_states = hidden_states.reshape(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
         return self.proj_out(hidden_states) + residual
