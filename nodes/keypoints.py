@@ -5,7 +5,7 @@ import dataclasses
 import os
 
 from vexpress_core.keypoints import (
-    DETECTOR_NAMES,
+    DETECTORS,
     RESAMPLE_MODES,
     RETARGET_MODES,
     draw_track,
@@ -39,7 +39,7 @@ class VExpressKpsExtract:
             "required": {
                 "images": (IMAGE, {"tooltip": "Driving video frames [F,H,W,3]. Any length; it is resampled to the audio later."}),
                 "fps": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Frame rate of the driving frames (Get Video Components' fps). Used by 'time' resampling; typically 24-30."}),
-                "detector": (list(DETECTOR_NAMES), {"default": "auto", "tooltip": "Face detector. auto = insightface when the model folder has insightface_models/ and the package is installed, else retinaface."}),
+                "detector": (list(DETECTORS.names()), {"default": "auto", "tooltip": "Face detector. auto = insightface when the model folder has insightface_models/ and the package is installed, else retinaface."}),
                 "face_index": ("INT", {"default": -1, "min": -1, "max": 32, "tooltip": "-1 = the largest face in each frame; 0, 1, ... = faces counted from the left."}),
             },
             "optional": {
@@ -110,8 +110,8 @@ class VExpressKpsRetarget:
             "required": {
                 "reference": (REFERENCE, {"tooltip": "From Load Reference: its face keypoints and size."}),
                 "speech": (AUDIO, {"tooltip": "From Audio Encode: the number of frames and the fps to resample the track to."}),
-                "mode": (list(RETARGET_MODES), {"default": "fix_face", "tooltip": "fix_face (still head, best lip sync), offset_retarget (reference face, gentle head motion), naive_retarget (driving motion scaled to the reference face), no_retarget (driving track as is: faces must line up)."}),
-                "resample": (["auto", *RESAMPLE_MODES], {"default": "auto", "tooltip": "How the driving track fits the video length. stretch = spread over the whole video (published); time = play at its own fps, back and forth when shorter; auto = time when the track knows its fps."}),
+                "mode": (list(RETARGET_MODES.names()), {"default": "fix_face", "tooltip": "fix_face (still head, best lip sync), offset_retarget (reference face, gentle head motion), naive_retarget (driving motion scaled to the reference face), no_retarget (driving track as is: faces must line up)."}),
+                "resample": (["auto", *RESAMPLE_MODES.names()], {"default": "auto", "tooltip": "How the driving track fits the video length. stretch = spread over the whole video (published); time = play at its own fps, back and forth when shorter; auto = time when the track knows its fps."}),
             },
             "optional": {
                 "kps": (KPS, {"tooltip": "Driving track (V-Kps Extract or V-Kps Load). Not needed for fix_face."}),

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vexpress_core.dtypes import AUTO, DTYPES
 from vexpress_core.checkpoint import CheckpointError, load_models, resolve_model_paths
-from vexpress_core.keypoints import DETECTOR_NAMES, crop_box, reference_keypoints, select_face
+from vexpress_core.keypoints import DETECTORS, crop_box, reference_keypoints, select_face
 from vexpress_core.offload import REFERENCE_NETWORKS
 from vexpress_core.pipeline import prepare_reference, resized_reference
 
@@ -16,7 +17,6 @@ from . import runtime
 from .detectors import detector_for
 from .types import CATEGORY, IDLE_CHOICES, IMAGE, MODELS, REFERENCE, ModelHandle, ReferenceInput, image_to_uint8, uint8_to_image
 
-DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 CROP_MODES = ("center", "face", "stretch")
 PUBLISHED_LAYOUT = "model_ckpts"
 
@@ -67,7 +67,7 @@ class VExpressLoadModels:
         return {
             "required": {
                 "model": (model_folders(), {"tooltip": "A subfolder of ComfyUI/models/v-express/ holding the published model_ckpts layout (the example workflows use 'V-Express')."}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weight precision. auto = fp16 on GPUs that handle it, else bf16/fp32; always fp32 on the CPU. fp16 halves memory (about 4.5 GB for the networks)."}),
+                "dtype": ([AUTO, *DTYPES.names()], {"default": AUTO, "tooltip": "Weight precision. auto = fp16 on GPUs that handle it, else bf16/fp32; always fp32 on the CPU. fp16 halves memory (about 4.5 GB for the networks)."}),
                 "keep_idle_on": (list(IDLE_CHOICES), {"default": "gpu", "tooltip": "Where networks wait between uses. gpu = fastest; cpu = each network is moved to the GPU only while it runs (saves VRAM, the published save_gpu_memory idea; about 8 GB peak at 512x512)."}),
             }
         }
@@ -83,7 +83,7 @@ class VExpressLoadModels:
     def load(self, model, dtype, keep_idle_on):
         model_dir = model_folder_path(model)
         load_device = runtime.torch_device()
-        torch_dtype = DTYPES[dtype] or runtime.auto_dtype(load_device)
+        torch_dtype = runtime.auto_dtype(load_device) if dtype == AUTO else DTYPES[dtype]
         offload_device = torch.device("cpu") if keep_idle_on == "cpu" else load_device
         key = (str(model_dir.resolve()), str(torch_dtype), str(load_device), str(offload_device), _weights_signature(model_dir))
         if key not in _cache:
@@ -119,7 +119,7 @@ class VExpressLoadReference:
                 "height": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 8, "tooltip": "Output height in pixels, a multiple of 8. Recommended 512; keep width and height even for H.264."}),
                 "crop": (list(CROP_MODES), {"default": "center", "tooltip": "center = largest centred crop of the output aspect; face = crop around the detected face with face_margin; stretch = resize without cropping (the published behaviour)."}),
                 "face_margin": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "For crop = face: space kept around the face box on each side, as a fraction of the face size. Recommended 0.5-1.0 (head and shoulders)."}),
-                "detector": (list(DETECTOR_NAMES), {"default": "auto", "tooltip": "Face detector. auto = insightface when <model>/insightface_models/models/buffalo_l and the insightface package exist, else retinaface (bundled, CPU)."}),
+                "detector": (list(DETECTORS.names()), {"default": "auto", "tooltip": "Face detector. auto = insightface when <model>/insightface_models/models/buffalo_l and the insightface package exist, else retinaface (bundled, CPU)."}),
                 "face_index": ("INT", {"default": -1, "min": -1, "max": 32, "tooltip": "-1 = the largest face; 0, 1, ... = faces counted from the image's left."}),
             }
         }

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -6,6 +7,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def _register_training_package() -> None:
+    """Makes the training folder importable as `vexpress_training` in a clone (see training/__main__.py)."""
+    spec = importlib.util.spec_from_file_location("_vexpress_training_main", REPO / "training" / "__main__.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    launcher.training_package()
+
+
+_register_training_package()
 
 
 def reference_dir() -> Path:

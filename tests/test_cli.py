@@ -413,3 +413,26 @@ def test_module_entry_point():
     assert result.returncode == 0, result.stderr
     for command in ("generate", "demo", "extract-kps", "convert", "make-tiny-models", "download"):
         assert command in result.stdout
+
+
+def test_registered_detectors_and_schedulers_appear_in_the_cli_help(capsys):
+    from vexpress_core.keypoints import DETECTORS
+    from vexpress_core.sampling import SCHEDULERS
+
+    DETECTORS.register("dummy_detector", lambda model_dir: None)
+    SCHEDULERS.register("dummy_scheduler", lambda: None)
+    try:
+        for command in ("generate", "extract-kps"):
+            with pytest.raises(SystemExit):
+                cli.main([command, "--help"])
+            help_text = capsys.readouterr().out
+            assert "dummy_detector" in help_text
+        with pytest.raises(SystemExit):
+            cli.main(["generate", "--help"])
+        assert "dummy_scheduler" in capsys.readouterr().out
+    finally:
+        DETECTORS.unregister("dummy_detector")
+        SCHEDULERS.unregister("dummy_scheduler")
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    assert "dummy" not in capsys.readouterr().out

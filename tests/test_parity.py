@@ -1,4 +1,12 @@
-"""Parity with the published implementation's outputs on the tiny reference model (fp32)."""
+"""Parity with the published implementation's outputs on the tiny reference model.
+
+Every case parameter (size, fps, frame count, steps, weights, windows, dtype) is read from the
+fixture files, so fixtures of the same format with other values run against these tests.
+
+Which figures are hardware-independent: the float64 fixtures (`pipeline_fp64_io.pt`,
+`pipeline_windows_fp64_io.pt`) agree to 1e-9 across thread counts, so their tolerances hold on
+any CPU. The float32 ones depend on which kernels torch picks for the instruction set (AVX2 vs
+AVX-512) and on the thread count, and this fixture's random model amplifies that rounding."""
 import re
 
 import pytest
@@ -8,12 +16,45 @@ from vexpress_core.checkpoint import load_models
 from vexpress_core.models import reference_features
 from vexpress_core.sampling import Conditions, GuidedDenoiser
 
-PASS_TOLERANCE = 1e-4
+# Components without the UNet (a few convolutions, a small perceiver) round alike on any CPU.
+COMPONENT_TOLERANCE = 1e-4
+# One float32 UNet pass: measured 0 here and 1.5e-4 on an AVX2-only CPU (float32 kernels differ
+# per instruction set and the random fixture model amplifies the rounding), while a missing or
+# misplaced pathway (reference, audio or V-Kps conditioning, guidance) is off by 0.17 or more.
+PASS_TOLERANCE = 1e-3
+# The whole pipeline against the float64 run of the published code, our models loaded in float64.
+PIPELINE_TOLERANCE = 1e-3
+# The float32 pipeline file only as a smoke check: 2.1e-4 here, 5.7e-3 on an AVX2-only CPU.
+FLOAT32_SMOKE_TOLERANCE = 1e-2
+# The windowed float64 case: 44 frames in two overlapping windows; wrong blending, windows or
+# overlap are off by more than 1.0.
+WINDOWED_TOLERANCE = 1e-2
+
+FIXTURE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def fixture_dtype(params) -> torch.dtype:
+    name = params.get("dtype", "float32")
+    assert name in FIXTURE_DTYPES, f"fixture params name dtype {name!r}, expected one of {sorted(FIXTURE_DTYPES)}"
+    return FIXTURE_DTYPES[name]
 
 
 @pytest.fixture(scope="module")
-def models(fixture_dir):
-    return load_models(fixture_dir, dtype=torch.float32)
+def models_in(fixture_dir):
+    """Models loaded from the fixture directory in a given dtype, each loaded once per module."""
+    loaded = {}
+
+    def load(dtype: torch.dtype):
+        if dtype not in loaded:
+            loaded[dtype] = load_models(fixture_dir, dtype=dtype)
+        return loaded[dtype]
+
+    return load
+
+
+@pytest.fixture(scope="module")
+def models(models_in):
+    return models_in(torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +64,19 @@ def reference_io(fixture_dir):
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     assert actual.shape == expected.shape
-    return (actual.float() - expected.float()).abs().max().item()
+    return (actual.double() - expected.double()).abs().max().item()
 
 
 def test_guider_features_match(models, reference_io):
     with torch.no_grad():
         features = models.v_kps_guider(reference_io["inputs"]["kps_images"])
-    assert max_error(features, reference_io["outputs"]["kps_features"]) <= PASS_TOLERANCE
+    assert max_error(features, reference_io["outputs"]["kps_features"]) <= COMPONENT_TOLERANCE
 
 
 def test_audio_tokens_match(models, reference_io):
     with torch.no_grad():
         tokens = models.audio_projection(reference_io["inputs"]["audio_windows"])
-    assert max_error(tokens, reference_io["outputs"]["audio_tokens"]) <= PASS_TOLERANCE
+    assert max_error(tokens, reference_io["outputs"]["audio_tokens"]) <= COMPONENT_TOLERANCE
 
 
 def guided_outputs(reference_io):
@@ -66,8 +107,6 @@ def test_denoising_pass_matches(models, reference_io):
             assert error <= PASS_TOLERANCE
 
 
-PIPELINE_TOLERANCE = 1e-3
-
 
 def settings_from(params):
     from vexpress_core.pipeline import GenerationSettings
@@ -78,6 +117,12 @@ def settings_from(params):
         audio_weight=params["audio_attention_weight"], num_pad_audio_frames=params["num_pad_audio_frames"],
         context_frames=params["context_frames"], context_overlap=params["context_overlap"], seed=params["seed"],
     )
+
+
+def load_fixture(fixture_dir, name):
+    path = fixture_dir / name
+    assert path.exists(), f"{path} is missing"
+    return torch.load(path, weights_only=True)
 
 
 def pipeline_inputs(models, data):
@@ -96,6 +141,7 @@ def pipeline_inputs(models, data):
 
 
 def compare_with_fixture(models, data):
+    """Max abs errors of our final latents and frames against the fixture's, from its initial latents."""
     from vexpress_core.pipeline import decoded_chunks, denoise
 
     settings, reference, speech, track = pipeline_inputs(models, data)
@@ -104,18 +150,24 @@ def compare_with_fixture(models, data):
     return max_error(final, data["outputs"]["final_latents"]), max_error(video, data["outputs"]["video_bcfhw_0to1"])
 
 
-def test_whole_pipeline_matches(models, fixture_dir):
-    data = torch.load(fixture_dir / "pipeline_io.pt", weights_only=True)
-    latent_error, video_error = compare_with_fixture(models, data)
-    print(f"pipeline_io.pt: final latents {latent_error:.3g}, frames {video_error:.3g}")
+def test_whole_pipeline_matches_float64(models_in, fixture_dir):
+    data = load_fixture(fixture_dir, "pipeline_fp64_io.pt")
+    latent_error, video_error = compare_with_fixture(models_in(fixture_dtype(data["params"])), data)
+    print(f"pipeline_fp64_io.pt: final latents {latent_error:.3g}, frames {video_error:.3g}")
     assert latent_error <= PIPELINE_TOLERANCE
     assert video_error <= PIPELINE_TOLERANCE
 
 
+def test_whole_pipeline_float32_smoke(models_in, fixture_dir):
+    data = load_fixture(fixture_dir, "pipeline_io.pt")
+    latent_error, video_error = compare_with_fixture(models_in(fixture_dtype(data["params"])), data)
+    print(f"pipeline_io.pt: final latents {latent_error:.3g}, frames {video_error:.3g}")
+    assert latent_error <= FLOAT32_SMOKE_TOLERANCE
+    assert video_error <= FLOAT32_SMOKE_TOLERANCE
+
+
 def windows_fixture(fixture_dir):
-    path = fixture_dir / "pipeline_windows_io.pt"
-    assert path.exists(), f"{path} is missing"
-    return torch.load(path, weights_only=True)
+    return load_fixture(fixture_dir, "pipeline_windows_io.pt")
 
 
 def published_mean_overlap(models, settings, reference, speech, track, latents):

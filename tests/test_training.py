@@ -34,15 +34,15 @@ from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, load_models,
 from vexpress_core.keypoints import draw_kps_image, read_video_frames
 from vexpress_core.models import VExpressUNet, reference_features
 from vexpress_core.video import write_mp4
-from training import prepare as prepare_module
-from training.clipdata import DataError, read_labels, read_manifest
-from training.config import ConfigError, TrainConfig, load_config
-from training.dataset import EpochSampler, TalkingFaceClips, flipped_points, window_and_reference, WindowSpec
-from training.initialise import checkpoint_networks, initial_networks
-from training.objective import DropoutRates, condition_keep, min_snr_weights, offset_noise, training_loss, training_scheduler
-from training.stages import apply_stage, trainable_names
-from training.train import cli as train_cli
-from training.train import main as train_main
+from vexpress_training import prepare as prepare_module
+from vexpress_training.clipdata import DataError, read_labels, read_manifest
+from vexpress_training.config import ConfigError, TrainConfig, load_config
+from vexpress_training.dataset import EpochSampler, TalkingFaceClips, flipped_points, window_and_reference, WindowSpec
+from vexpress_training.initialise import checkpoint_networks, initial_networks
+from vexpress_training.objective import DropoutRates, condition_keep, min_snr_weights, offset_noise, training_loss, training_scheduler
+from vexpress_training.stages import apply_stage, trainable_names
+from vexpress_training.train import cli as train_cli
+from vexpress_training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
@@ -402,9 +402,9 @@ def test_resume_and_output_misuse_get_clear_errors(tmp_path, prepared, tiny_mode
 def test_two_processes_train_with_gloo(work, prepared, tiny_models):
     """torchrun + ACCELERATE_USE_CPU: accelerate's multi-CPU (gloo) path, the same code as multi-GPU DDP."""
     output = work / "two_processes"
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "training.train", "--config", str(CONFIGS / "stage_2.yaml"), "--data", str(prepared),
+               str(REPO / "training"), "train", "--config", str(CONFIGS / "stage_2.yaml"), "--data", str(prepared),
                "--models", str(tiny_models), "--output", str(output), "--init", str(tiny_models / "v-express"),
                "--max-steps", "2", "--set", *TINY, "num_frames=2"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

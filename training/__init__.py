@@ -1,2 +1,4 @@
-"""Training V-Express: data preparation (`training.prepare`), samples (`training.dataset`) and the
-three-stage trainer with conditional dropout (`training.train`, stage table in `training.stages`)."""
+"""Training V-Express: data preparation (`prepare`), samples (`dataset`) and the three-stage
+trainer with conditional dropout (`train`, stage table in `stages`).
+
+Imported as `vexpress_training` (see `__main__.py`), never as a bare `training`."""

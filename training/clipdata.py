@@ -122,7 +122,7 @@ def read_manifest(data_dir: Path) -> tuple[int, list[ClipMeta]]:
     """(resolution, clips) of prepared data; raises DataError with what to do when it is missing or empty."""
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise DataError(f"{path} not found: prepare the data first with `python -m training.prepare --videos DIR --out {data_dir} --models MODELS`")
+        raise DataError(f"{path} not found: prepare the data first with `python training prepare --videos DIR --out {data_dir} --models MODELS`")
     try:
         manifest = json.loads(path.read_text())
         data_format = manifest.get("format")

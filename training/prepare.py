@@ -1,4 +1,4 @@
-"""Prepare talking-face videos for training: `python -m training.prepare --videos DIR --out DATA --models MODELS`.
+"""Prepare talking-face videos for training: `python training prepare --videos DIR --out DATA --models MODELS`.
 
 Per clip: the frames cropped to a square and resized to the training resolution, the face box and
 5 landmarks per frame (the V-Kps points are the first three), a mouth box per frame from the
@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vexpress_core.audio import SAMPLE_RATE, encode_audio, load_audio, load_audio_encoder, padded_audio_sequence
-from vexpress_core.keypoints import FaceDetector, make_detector, read_video_frames, video_fps_and_length
+from vexpress_core.keypoints import DETECTORS, FaceDetector, make_detector, read_video_frames, video_fps_and_length
 
 from .clipdata import CLIPS, FRAMES, META, REPORT, ClipLabels, ClipMeta, finish_clip, partial_dir, read_meta, write_frames, write_manifest
 
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-missing", type=float, default=PrepareOptions.max_missing,
                         help="largest fraction of frames without a detected face (their boxes are interpolated)")
     parser.add_argument("--jpeg-quality", type=int, default=PrepareOptions.jpeg_quality, help="JPEG quality of stored frames")
-    parser.add_argument("--detector", default="auto", help="face detector: auto, insightface or retinaface")
+    parser.add_argument("--detector", choices=DETECTORS.names(), default="auto", help="face detector")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for wav2vec2")
     return parser.parse_args(argv)
 

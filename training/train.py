@@ -1,10 +1,10 @@
 """Train one V-Express stage:
 
-    python -m training.train --config training/configs/stage_1.yaml --data DATA --models MODELS --output OUT \
+    python training train --config training/configs/stage_1.yaml --data DATA --models MODELS --output OUT \
         [--init CKPT] [--resume] [--max-steps N] [--set key=value ...]
 
 Multi-GPU: `accelerate launch [--use_deepspeed --deepspeed_config_file training/configs/deepspeed_zero2.json]
---num_processes 8 -m training.train ...`. What each stage trains is the table in training/stages.py.
+--num_processes 8 training train ...`. What each stage trains is the table in training/stages.py.
 
 Every `checkpointing_steps` steps and at the end, OUT/checkpoint-STEP/ receives the five weight
 files in the published layout (safetensors; load them with `--weights OUT/checkpoint-STEP`) plus
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, read_state_dict, read_unet_config, save_weights, split_weights, weight_file
+from vexpress_core.dtypes import DTYPES
 
 from .clipdata import DataError
 from .config import ConfigError, TrainConfig, config_differences, load_config, parse_overrides, read_config_file
@@ -132,7 +133,8 @@ def optimizer_class(config: TrainConfig) -> type[torch.optim.Optimizer]:
 
 def weight_dtype(accelerator: Accelerator) -> torch.dtype:
     """The dtype of the frozen VAE: the mixed-precision compute dtype."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    precision = accelerator.mixed_precision
+    return DTYPES[precision] if precision in DTYPES else torch.float32
 
 
 def load_weights(net: VExpressNet, folder: Path) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from .audio import synthetic_speech
 from .checkpoint import load_models
+from .dtypes import AUTO, DTYPES, resolved_dtype
 from .keypoints import output_track
 from .pipeline import GenerationSettings, decoded_chunks, denoise, encode_speech, prepare_reference
 from .tiny import make_tiny_models, random_models
@@ -108,7 +109,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", help="model directory (default: tiny random models made on the fly)")
     parser.add_argument("--sd15", action="store_true", help="full SD1.5-size networks with random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None)
+    parser.add_argument("--dtype", choices=DTYPES.names(), default=None)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 2.0], help="audio lengths to run")
     parser.add_argument("--steps", type=int, default=2)
@@ -117,7 +118,7 @@ def main(argv=None) -> None:
     parser.add_argument("--window-batch", type=int, default=4)
     args = parser.parse_args(argv)
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+    dtype = resolved_dtype(args.dtype or AUTO, args.device)
     if args.sd15:
         models = random_models(sd15=True, dtype=dtype, device=args.device)
     else:

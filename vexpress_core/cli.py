@@ -11,17 +11,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .dtypes import AUTO, DTYPES, resolved_dtype
+from .keypoints import DETECTORS, RESAMPLE_MODES, RETARGET_MODES
+from .sampling import BLEND_WEIGHTS, SCHEDULERS
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolved_dtype(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    return DTYPES[name]
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +33,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-weight", type=float, default=defaults.audio_weight, help="1.0-3.0 recommended")
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="frames per window, at most 32")
     parser.add_argument("--context-overlap", type=int, default=defaults.context_overlap)
-    parser.add_argument("--blend", choices=("mean", "ramp"), default="mean", help="how overlapping windows are fused")
+    parser.add_argument("--blend", choices=BLEND_WEIGHTS.names(), default=defaults.blend, help="how overlapping windows are fused")
     parser.add_argument("--window-batch", type=int, default=1, help="windows denoised together (more = faster, more memory)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--scheduler", choices=("ddim", "dpmpp", "euler"), default="ddim")
+    parser.add_argument("--scheduler", choices=SCHEDULERS.names(), default=defaults.scheduler)
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    parser.add_argument("--dtype", choices=(AUTO, *DTYPES.names()), default=AUTO)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (large sizes, small GPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (falls back to eager on failure)")
@@ -204,10 +200,21 @@ def run_make_tiny(args: argparse.Namespace) -> None:
 
 
 def run_download(args: argparse.Namespace) -> None:
-    from huggingface_hub import snapshot_download
+    from .download import ensure_model
 
-    path = snapshot_download("tk93/V-Express", local_dir=args.dir)
-    print(f"downloaded tk93/V-Express to {path}; use --models {Path(path) / 'model_ckpts'}")
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc=f"fetching {args.name}", unit="B", unit_scale=True))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        path = ensure_model(args.dir, args.name, fp16=args.fp16, insightface=args.insightface, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"{path} is ready; use --models {path}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -222,12 +229,12 @@ def parser() -> argparse.ArgumentParser:
     driving = generate.add_mutually_exclusive_group()
     driving.add_argument("--kps", help="keypoint track: published kps.pth, or .npz/.json from extract-kps")
     driving.add_argument("--driving-video", help="video whose face motion drives the head")
-    generate.add_argument("--retarget", choices=("fix_face", "no_retarget", "offset_retarget", "naive_retarget"),
+    generate.add_argument("--retarget", choices=RETARGET_MODES.names(),
                           help="default: fix_face without a driving track, naive_retarget with one")
-    generate.add_argument("--kps-resample", choices=("stretch", "time"), help="default: time when the track knows its fps")
+    generate.add_argument("--kps-resample", choices=RESAMPLE_MODES.names(), help="default: time when the track knows its fps")
     generate.add_argument("--kps-fps", type=float, help="fps of a published kps.pth track (enables time resampling)")
     generate.add_argument("--face-index", type=int, help="face to use, counted from the left (default: largest)")
-    generate.add_argument("--detector", choices=("auto", "insightface", "retinaface"), default="auto")
+    generate.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     add_generation_options(generate)
     generate.add_argument("--out", required=True, help="output .mp4")
     generate.set_defaults(run=run_generate)
@@ -243,14 +250,14 @@ def parser() -> argparse.ArgumentParser:
     extract.add_argument("video")
     extract.add_argument("out")
     extract.add_argument("--models", help="model directory (for insightface's buffalo_l)")
-    extract.add_argument("--detector", choices=("auto", "insightface", "retinaface"), default="auto")
+    extract.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     extract.add_argument("--face-index", type=int)
     extract.set_defaults(run=run_extract)
 
     convert = commands.add_parser("convert", help="check the five V-Express files strictly and write safetensors")
     convert.add_argument("src", help="model directory")
     convert.add_argument("dst", help="output folder")
-    convert.add_argument("--dtype", choices=tuple(DTYPES))
+    convert.add_argument("--dtype", choices=DTYPES.names())
     convert.set_defaults(run=run_convert)
 
     tiny = commands.add_parser("make-tiny-models", help="random-weight model directory in the published layout")
@@ -259,8 +266,11 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--sd15", action="store_true", help="full SD1.5 sizes (about 2.25 B parameters, 9 GB)")
     tiny.set_defaults(run=run_make_tiny)
 
-    download = commands.add_parser("download", help="fetch tk93/V-Express from Hugging Face")
-    download.add_argument("dir")
+    download = commands.add_parser("download", help="fetch the files V-Express needs from Hugging Face into DIR/NAME")
+    download.add_argument("dir", help="models folder (e.g. ComfyUI/models/v-express); the model lands in DIR/NAME")
+    download.add_argument("--name", default="V-Express", help="known model to fetch (default: V-Express = tk93/V-Express)")
+    download.add_argument("--fp16", action="store_true", help="store the five networks as fp16 safetensors (4.5 GB instead of 9 GB)")
+    download.add_argument("--insightface", action="store_true", help="also fetch insightface's buffalo_l face detector pack")
     download.set_defaults(run=run_download)
     return main
 

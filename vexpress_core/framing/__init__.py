@@ -1,0 +1,23 @@
+"""Full frame in, full frame out: crop plans around the face, crops at the generation size, and
+paste-back of generated crops into the original photo or video frames, streamed chunk by chunk."""
+from .blend import DEFAULT_FEATHER, ColourMatch, head_mask, paste_into
+from .plan import (
+    DEFAULT_MARGIN,
+    CropPlan,
+    FaceObservations,
+    gaussian_smoothed,
+    kps_in_crop,
+    observe_faces,
+    photo_crop_plan,
+    pixel_box,
+    plan_from_observations,
+)
+from .resample import crop_frame, even_size, frame_region, resized
+from .stream import PasteSettings, cropped_frames, pasted_chunks, pingpong_indices, video_frames_at
+
+__all__ = [
+    "DEFAULT_FEATHER", "DEFAULT_MARGIN", "ColourMatch", "CropPlan", "FaceObservations", "PasteSettings",
+    "crop_frame", "cropped_frames", "even_size", "frame_region", "gaussian_smoothed", "head_mask",
+    "kps_in_crop", "observe_faces", "paste_into", "pasted_chunks", "photo_crop_plan", "pingpong_indices",
+    "pixel_box", "plan_from_observations", "resized", "video_frames_at",
+]
