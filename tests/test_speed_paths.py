@@ -149,3 +149,15 @@ def test_frame_cache_computes_each_frame_once_within_the_budget():
 
 def test_conditioning_budget_does_not_change_the_result(job):
     assert torch.equal(final(job, conditioning_budget_mb=0), final(job))
+
+
+def test_window_batch_auto_is_one_window_on_cpu(job):
+    from vexpress_core.pipeline import resolved_window_batch
+
+    models = job[0]
+    assert GenerationSettings().window_batch == "auto"
+    assert resolved_window_batch(GenerationSettings(), models, 84) == 1
+    assert resolved_window_batch(GenerationSettings(window_batch=3), models, 84) == 3
+    for bad in (0, "fast", 1.5):
+        with pytest.raises(ValueError, match="window_batch must be 'auto' or at least 1"):
+            GenerationSettings(window_batch=bad)

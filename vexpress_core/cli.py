@@ -20,6 +20,14 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def window_batch_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of windows >= 1, got {text!r}")
+    return int(text)
+
+
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     from .pipeline import GenerationSettings
 
@@ -34,7 +42,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="frames per window, at most 32")
     parser.add_argument("--context-overlap", type=int, default=defaults.context_overlap)
     parser.add_argument("--blend", choices=BLEND_WEIGHTS.names(), default=defaults.blend, help="how overlapping windows are fused")
-    parser.add_argument("--window-batch", type=int, default=1, help="windows denoised together (more = faster, more memory)")
+    parser.add_argument("--window-batch", type=window_batch_value, default="auto",
+                        help="windows denoised together: a count (more = more memory), or auto (by free GPU memory; 1 on CPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--scheduler", choices=SCHEDULERS.names(), default=defaults.scheduler)
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")

@@ -19,7 +19,7 @@ from .checkpoint import VExpressModels
 from .frame_cache import DEFAULT_BUDGET_MB, FrameCache
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, make_scheduler, sample
+from .sampling import Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, context_windows, make_scheduler, sample
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
 
 
@@ -42,7 +42,7 @@ class GenerationSettings:
     seed: int = 42
     eta: float = 0.0
     num_pad_audio_frames: int = 2
-    window_batch: int = 1
+    window_batch: int | str = "auto"
     decode_chunk: int = 8
     deflicker: bool = True
     cache_reference_kv: bool = True
@@ -60,8 +60,10 @@ class GenerationSettings:
             raise ValueError(f"fps must be positive, got {self.fps}")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.window_batch < 1 or self.decode_chunk < 1:
-            raise ValueError("window_batch and decode_chunk must be at least 1")
+        if self.window_batch != "auto" and (not isinstance(self.window_batch, int) or self.window_batch < 1):
+            raise ValueError(f"window_batch must be 'auto' or at least 1, got {self.window_batch!r}")
+        if self.decode_chunk < 1:
+            raise ValueError(f"decode_chunk must be at least 1, got {self.decode_chunk}")
         if self.conditioning_budget_mb < 0:
             raise ValueError(f"conditioning_budget_mb must be 0 or more, got {self.conditioning_budget_mb}")
         check_context(self.context_frames, self.context_overlap)
@@ -161,6 +163,28 @@ def initial_latents(seed: int, num_frames: int, width: int, height: int, channel
     return torch.randn([1, channels, num_frames, height // 8, width // 8], generator=generator)
 
 
+# Rough activation memory of one window in the denoising UNet, in multiples of one CFG-doubled
+# window's latent-resolution tensor at the first block width (conservative for SD1.5 shapes).
+WINDOW_ACTIVATION_FACTOR = 48
+GPU_MEMORY_SHARE = 0.6
+
+
+def resolved_window_batch(settings: GenerationSettings, models: VExpressModels, num_frames: int) -> int:
+    """`window_batch`, with "auto" resolved: on a GPU as many windows as fit in a share of the free
+    memory; elsewhere 1 (on CPU batching windows is no faster and costs memory: issue 12's table)."""
+    if settings.window_batch != "auto":
+        return settings.window_batch
+    if models.device.type != "cuda":
+        return 1
+    unet = models.denoising_unet
+    window = min(settings.context_frames, num_frames)
+    per_window = (2 * window * (settings.height // 8) * (settings.width // 8) * unet.config.block_out_channels[0]
+                  * unet.dtype.itemsize * WINDOW_ACTIVATION_FACTOR)
+    free, _ = torch.cuda.mem_get_info(models.device)
+    windows = len(context_windows(num_frames, settings.context_frames, settings.context_overlap))
+    return max(1, min(windows, int(free * GPU_MEMORY_SHARE // per_window)))
+
+
 def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) -> None:
     if len(track) != num_frames:
         raise ValueError(f"keypoint track has {len(track)} frames, the audio needs {num_frames}; resample it (keypoints.output_track)")
@@ -199,7 +223,7 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     return sample(
         denoiser, latents, make_scheduler(settings.scheduler), settings.steps,
         context_frames=settings.context_frames, context_overlap=settings.context_overlap, blend=settings.blend,
-        window_batch=settings.window_batch, generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
+        window_batch=resolved_window_batch(settings, models, num_frames), generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
     )
 
 
