@@ -161,3 +161,34 @@ def test_window_batch_auto_is_one_window_on_cpu(job):
     for bad in (0, "fast", 1.5):
         with pytest.raises(ValueError, match="window_batch must be 'auto' or at least 1"):
             GenerationSettings(window_batch=bad)
+
+
+def test_decode_chunk_auto_is_bounded_by_pixels_on_cpu(job):
+    from vexpress_core.pipeline import resolved_decode_chunk
+
+    models = job[0]
+    assert GenerationSettings().decode_chunk == "auto"
+    sizes = {size: resolved_decode_chunk(GenerationSettings(width=size, height=size), models) for size in (64, 128, 256, 512)}
+    assert sizes == {64: 16, 128: 4, 256: 1, 512: 1}
+    assert resolved_decode_chunk(GenerationSettings(decode_chunk=3), models) == 3
+    with pytest.raises(ValueError, match="decode_chunk must be 'auto' or at least 1"):
+        GenerationSettings(decode_chunk=0)
+
+
+def test_guider_runs_in_pixel_bounded_batches_with_the_same_features(job):
+    from vexpress_core.keypoints import draw_track
+    from vexpress_core.pipeline import kps_feature_source
+
+    models, _, _, track = job
+    calls = []
+    handle = models.v_kps_guider.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape[2]))
+    try:
+        features = kps_feature_source(models, track, 128, 128)(0, 10)
+    finally:
+        handle.remove()
+    first_chunk = min(16, len(track))  # the cache computes its whole first chunk, 4 frames per call at 128x128
+    assert calls == [4] * (first_chunk // 4) + ([first_chunk % 4] if first_chunk % 4 else [])
+    with torch.no_grad():
+        drawings = torch.from_numpy(draw_track(track, 128, 128, 0, 10)).float() / 255.0
+        whole = models.v_kps_guider(drawings.permute(3, 0, 1, 2)[None])
+    assert torch.allclose(features, whole, atol=1e-6)
