@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from vexpress_core.keypoints import FaceDetector, make_detector
+from vexpress_core.detectors import FaceDetector, make_detector
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,12 +1,13 @@
 """Everything the nodes take from ComfyUI, imported only when ComfyUI is there.
 
 Without ComfyUI (tests, scripts) the pack still imports: devices fall back to CUDA-if-available,
-progress is a no-op, and nothing can interrupt a run.
+networks are placed by the core's `placed`, progress is a no-op, and nothing can interrupt a run.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
@@ -24,6 +25,11 @@ try:
     import comfy.utils as comfy_utils
 except ImportError:
     comfy_utils = None
+
+try:
+    import comfy.model_patcher as model_patcher
+except ImportError:
+    model_patcher = None
 
 MODEL_FOLDER_NAME = "v-express"
 MODEL_ROOT_ENV = "VEXPRESS_MODELS_ROOT"
@@ -79,10 +85,11 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     return torch.float16
 
 
-def free_memory(num_bytes: int, device: torch.device) -> None:
-    """Asks ComfyUI to unload its own models until `num_bytes` fit on `device`."""
-    if model_management is not None and device.type != "cpu":
-        model_management.free_memory(num_bytes, device)
+def offload_device() -> torch.device:
+    """Where ComfyUI keeps idle diffusion models (the CPU unless --highvram / --gpu-only)."""
+    if model_management is not None:
+        return model_management.unet_offload_device()
+    return torch.device("cpu")
 
 
 def empty_cache() -> None:
@@ -90,6 +97,15 @@ def empty_cache() -> None:
         model_management.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def preview_size() -> int:
+    """ComfyUI's --preview-size (the longest side of sampler previews), 512 without ComfyUI."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return 512
+    return args.preview_size
 
 
 def check_interrupted() -> bool:
@@ -107,12 +123,14 @@ class Progress:
         self.current = 0
         self._bar = comfy_utils.ProgressBar(self.total) if comfy_utils is not None else None
 
-    def set(self, value: int, total: int | None = None) -> None:
+    def set(self, value: int, total: int | None = None, preview=None) -> None:
+        """`preview`: a PIL image shown on the node (ComfyUI's ("JPEG", image, max size) preview payload)."""
         if total is not None:
             self.total = max(int(total), 1)
         self.current = min(int(value), self.total)
         if self._bar is not None:
-            self._bar.update_absolute(self.current, self.total)
+            payload = None if preview is None else ("JPEG", preview, preview_size())
+            self._bar.update_absolute(self.current, self.total, payload)
 
 
 def frame_progress(total: int) -> Callable[[int, int | None], None]:
@@ -124,3 +142,23 @@ def frame_progress(total: int) -> Callable[[int, int | None], None]:
         check_interrupted()
 
     return progress
+
+
+def _stop_if_interrupted(module, inputs) -> None:
+    check_interrupted()  # a forward pre-hook must return None to leave the inputs alone
+
+
+@contextmanager
+def interruptible(*modules: torch.nn.Module) -> Iterator[None]:
+    """Cancel (/interrupt) is honoured inside these networks' forward passes: before every block of
+    their layer lists (wav2vec2's conv and transformer layers, the UNets' down/up blocks)."""
+    blocks = [block for module in modules for child in module.modules() if isinstance(child, torch.nn.ModuleList)
+              for block in child]
+    handles = [block.register_forward_pre_hook(_stop_if_interrupted) for block in blocks]
+    try:
+        check_interrupted()
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    check_interrupted()

@@ -1,4 +1,6 @@
 """The pack's ComfyUI types: names, the small dataclasses that travel on the wires, conversions.
+VEXPRESS_REFERENCE carries the core's orchestration.PreparedReference; the options types carry the
+core's WindowSettings / MemorySettings.
 
 Custom type names carry the `VEXPRESS_` prefix. Values are never changed after they leave a node:
 a node that needs a different value builds a new one.
@@ -6,74 +8,24 @@ a node that needs a different value builds a new one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ContextManager, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from vexpress_core.checkpoint import VExpressModels
-from vexpress_core.offload import placed
-from vexpress_core.pipeline import Reference, Speech
+from vexpress_core.pipeline import Speech
 
-from . import runtime
-
-CATEGORY = "V-Express"
 PREFIX = "VExpress"
 
 MODELS = "VEXPRESS_MODELS"
 REFERENCE = "VEXPRESS_REFERENCE"
 AUDIO = "VEXPRESS_AUDIO"
 KPS = "VEXPRESS_KPS"
+WINDOW_OPTIONS = "VEXPRESS_WINDOW_OPTIONS"
+MEMORY_OPTIONS = "VEXPRESS_MEMORY_OPTIONS"
 
 IMAGE = "IMAGE"
 COMFY_AUDIO = "AUDIO"
-
-IDLE_CHOICES = ("gpu", "cpu")
-
-
-@dataclass(frozen=True, eq=False)
-class ModelHandle:
-    """VEXPRESS_MODELS: the loaded networks (kept on `offload_device` when idle) and where they run."""
-
-    models: VExpressModels
-    name: str
-    load_device: torch.device
-    offload_device: torch.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.models.dtype
-
-    @property
-    def model_dir(self):
-        return self.models.paths.root
-
-    @property
-    def low_vram(self) -> bool:
-        """Idle networks live in host memory (keep_idle_on = cpu on an accelerator)."""
-        return self.offload_device != self.load_device
-
-    def using(self, names: tuple[str, ...]) -> ContextManager[VExpressModels]:
-        """The core's `placed`: the named networks on `load_device` for the block (ComfyUI first unloads
-        its own models to make room), back on `offload_device` afterwards, also on error or cancel."""
-        return placed(self.models, names, self.load_device, self.offload_device, make_room=runtime.free_memory)
-
-
-@dataclass(frozen=True, eq=False)
-class ReferenceInput:
-    """VEXPRESS_REFERENCE: the prepared reference (W x H image, latents, ReferenceNet features)
-    and its (left eye, right eye, nose) keypoints float32 [3,2] in pixels of that W x H image."""
-
-    reference: Reference
-    keypoints: np.ndarray
-
-    @property
-    def width(self) -> int:
-        return int(self.reference.image.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.reference.image.shape[0])
 
 
 @dataclass(frozen=True, eq=False)

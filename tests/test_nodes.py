@@ -1,36 +1,41 @@
-"""The ComfyUI nodes without ComfyUI: conventions, declared vs returned types, no input mutation,
-model-folder registration, progress and cancel. ComfyUI's modules are faked where needed."""
+"""The ComfyUI nodes without ComfyUI: one spec per node rendered to ComfyUI's schema, declared vs
+returned types, no input mutation, model-folder registration, ComfyUI model management, progress,
+cancel, and server survival (errors that say what to change, then a valid run in the same process).
+The pack is loaded by path as a package, as ComfyUI does (tests/comfyui_like.py); ComfyUI's modules
+are faked where needed. tests/comfyui_live_check.py runs the same checks against a real ComfyUI."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import importlib.util
+import gc
 import inspect
 import shutil
 import sys
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import nodes
-from nodes import runtime
-from nodes import types as vtypes
-from nodes.loaders import model_folder_path, model_folders
-from vexpress_core.keypoints import crop_box
+from comfyui_like import NODES, PACK, REPO, execute, load_pack, spec_defaults, validate
 from vexpress_core.audio import load_audio
-from vexpress_core.keypoints import KeypointTrack
+from vexpress_core.keypoints import KeypointTrack, crop_box
+from vexpress_core.offload import REFERENCE_NETWORKS, SPEECH_NETWORKS
+from vexpress_core.orchestration import PreparedReference
+from vexpress_core.settings import GenerationSettings, MemorySettings, WindowSettings
 from vexpress_core.tiny import make_tiny_models
 
-REPO = Path(__file__).resolve().parents[1]
+runtime, schema, vtypes, management = NODES.runtime, NODES.schema, NODES.types, NODES.management
+BY_ID = NODES.nodes_by_id()
 SAMPLE = "short_case_tys"
-CUSTOM_TYPES = {vtypes.MODELS, vtypes.REFERENCE, vtypes.AUDIO, vtypes.KPS}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+CUSTOM_TYPES = {vtypes.MODELS, vtypes.REFERENCE, vtypes.AUDIO, vtypes.KPS, vtypes.WINDOW_OPTIONS, vtypes.MEMORY_OPTIONS}
+WIDGET_TYPES = set(schema.WIDGET_TYPES)
 
 
 # ------------------------------------------------------------------------------------------------
-# Fakes of ComfyUI's modules
+# Fakes of ComfyUI's modules (folder_paths, comfy.model_management, comfy.model_patcher, comfy.utils)
 
 
 class FakeFolderPaths(types.ModuleType):
@@ -59,16 +64,44 @@ class InterruptProcessingException(Exception):
     pass
 
 
+class FakeModelPatcher:
+    """comfy.model_patcher.ModelPatcher's part the pack relies on: model (its `device` set to where it
+    is), load/offload device, size. The fakes record placement without moving tensors."""
+
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        self.model, self.load_device, self.offload_device = model, load_device, offload_device
+        self.model.device = offload_device
+        self.size = size or sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+    def model_size(self):
+        return self.size
+
+
+class FakeLoadedModel:
+    def __init__(self, patcher):
+        self.model, self.device = patcher, patcher.load_device
+
+    def model_unload(self):
+        self.model.model.device = self.model.offload_device
+
+
 class FakeModelManagement(types.ModuleType):
+    """comfy.model_management: load_models_gpu puts patchers first in current_loaded_models (full load
+    moves the whole module); free_memory evicts, newest last, everything on the device not kept."""
+
     InterruptProcessingException = InterruptProcessingException
 
     def __init__(self):
         super().__init__("comfy.model_management")
         self.interrupt = False
         self.checks = 0
-        self.freed = []
+        self.current_loaded_models = []
+        self.load_calls = []
 
     def get_torch_device(self):
+        return torch.device("cpu")
+
+    def unet_offload_device(self):
         return torch.device("cpu")
 
     def should_use_fp16(self, device=None):
@@ -77,8 +110,21 @@ class FakeModelManagement(types.ModuleType):
     def should_use_bf16(self, device=None):
         return False
 
-    def free_memory(self, num_bytes, device):
-        self.freed.append((num_bytes, device))
+    def load_models_gpu(self, models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        self.load_calls.append(([m for m in models], force_full_load))
+        for patcher in models:
+            if not any(loaded.model is patcher for loaded in self.current_loaded_models):
+                patcher.model.device = patcher.load_device  # ModelPatcher.load records where the module went
+                self.current_loaded_models.insert(0, FakeLoadedModel(patcher))
+
+    def free_memory(self, memory_required, device, keep_loaded=[]):
+        for loaded in [m for m in reversed(self.current_loaded_models) if m.device == device and m not in keep_loaded]:
+            loaded.model_unload()
+            self.current_loaded_models.remove(loaded)
+
+    def unload_all_models(self):
+        self.free_memory(1e30, self.get_torch_device())
 
     def soft_empty_cache(self, force=False):
         pass
@@ -111,11 +157,13 @@ class FakeUtils(types.ModuleType):
 
 @pytest.fixture()
 def comfy(monkeypatch, tmp_path):
-    """ComfyUI's folder_paths, comfy.model_management and comfy.utils, faked in the nodes' runtime."""
-    fake = types.SimpleNamespace(folder_paths=FakeFolderPaths(tmp_path), mm=FakeModelManagement(), utils=FakeUtils())
+    """ComfyUI's folder_paths, comfy.model_management, comfy.model_patcher and comfy.utils, faked in the runtime."""
+    fake = types.SimpleNamespace(folder_paths=FakeFolderPaths(tmp_path), mm=FakeModelManagement(), utils=FakeUtils(),
+                                 patcher=types.SimpleNamespace(ModelPatcher=FakeModelPatcher))
     monkeypatch.setattr(runtime, "folder_paths", fake.folder_paths)
     monkeypatch.setattr(runtime, "model_management", fake.mm)
     monkeypatch.setattr(runtime, "comfy_utils", fake.utils)
+    monkeypatch.setattr(runtime, "model_patcher", fake.patcher)
     return fake
 
 
@@ -130,14 +178,18 @@ def model_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def handle(model_root):
+def load_handle(model_root, keep_idle_on="gpu"):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(runtime.MODEL_ROOT_ENV, str(model_root))
         patch.setattr(runtime, "folder_paths", None)
-        patch.setattr(runtime, "model_management", None)
-        (models,) = nodes.NODE_CLASS_MAPPINGS["VExpressLoadModels"]().load("V-Express", "fp32", "gpu")
+        (models,) = BY_ID["VExpressLoadModels"].run(model="V-Express", dtype="fp32", keep_idle_on=keep_idle_on)
     return models
+
+
+@pytest.fixture(scope="module")
+def handle(model_root):
+    """Loaded without ComfyUI: the core's `placed` moves the networks."""
+    return load_handle(model_root)
 
 
 def image_tensor(path: Path) -> torch.Tensor:
@@ -157,65 +209,193 @@ def speech_audio(samples_dir):
     return {"waveform": wave[None, None, :4800].repeat(1, 2, 1), "sample_rate": 16000}  # 0.3 s, stereo
 
 
+REFERENCE_ARGS = dict(width=64, height=64, crop="center", face_margin=0.6, detector="retinaface", face_index=-1)
+
+
 @pytest.fixture(scope="module")
 def prepared(handle, portrait, speech_audio):
-    N = nodes.NODE_CLASS_MAPPINGS
-    reference, _ = N["VExpressLoadReference"]().prepare(handle, portrait, 64, 64, "center", 0.6, "retinaface", -1)
-    speech, _, _ = N["VExpressAudioEncode"]().encode(handle, speech_audio, 30.0)
-    (kps,) = N["VExpressKpsRetarget"]().retarget(reference, speech, "fix_face", "auto")
+    reference, _ = BY_ID["VExpressLoadReference"].run(models=handle, image=portrait, **REFERENCE_ARGS)
+    speech, _, _ = BY_ID["VExpressAudioEncode"].run(models=handle, audio=speech_audio, fps=30.0)
+    (kps,) = BY_ID["VExpressKpsRetarget"].run(reference=reference, speech=speech, mode="fix_face", resample="auto")
     return reference, speech, kps
 
 
 # ------------------------------------------------------------------------------------------------
-# Conventions
+# Conventions and the rendered schema
 
 
-def all_inputs(cls):
-    spec = cls.INPUT_TYPES()
-    return {**spec.get("required", {}), **spec.get("optional", {})}, spec
-
-
-@pytest.mark.parametrize("node_id", sorted(nodes.NODE_CLASS_MAPPINGS))
+@pytest.mark.parametrize("node_id", sorted(BY_ID))
 def test_node_conventions(node_id):
-    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
-    assert node_id == cls.__name__ and node_id.startswith(vtypes.PREFIX)
-    assert node_id in nodes.NODE_DISPLAY_NAME_MAPPINGS
-    assert cls.CATEGORY == "V-Express"
-    assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40
-    assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
-    inputs, spec = all_inputs(cls)
-    assert set(spec) <= {"required", "optional"}
-    for name, (kind, *options) in inputs.items():
-        assert options and options[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
-        if isinstance(kind, str) and kind not in WIDGET_TYPES | {"IMAGE", "AUDIO"}:
-            assert kind in CUSTOM_TYPES, f"{node_id}.{name}: custom type {kind} lacks the VEXPRESS_ prefix"
-        if kind in ("INT", "FLOAT"):
-            opts = options[0]
-            assert opts["min"] <= opts["default"] <= opts["max"], f"{node_id}.{name} default out of range"
-        if isinstance(kind, list) and "default" in options[0]:
-            assert options[0]["default"] in kind
-    for kind in cls.RETURN_TYPES:
-        assert kind in CUSTOM_TYPES | WIDGET_TYPES | {"IMAGE", "AUDIO"}
-    # The function takes exactly the declared inputs; optional ones have defaults.
-    parameters = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
-    names = [p for p in parameters if p != "self"]
-    assert set(names) == set(inputs)
-    for name in spec.get("optional", {}):
-        assert parameters[name].default is not inspect.Parameter.empty
+    node = BY_ID[node_id]
+    assert node_id == node.__name__ and node_id.startswith(vtypes.PREFIX)
+    assert node.DISPLAY_NAME and node.CATEGORY == "V-Express"
+    assert isinstance(node.DESCRIPTION, str) and len(node.DESCRIPTION) > 40
+    assert node.OUTPUTS and all(out.tooltip and out.name for out in node.OUTPUTS)
+    names = [spec.name for spec in node.INPUTS]
+    assert len(names) == len(set(names))
+    for spec in node.INPUTS:
+        assert spec.tooltip, f"{node_id}.{spec.name} has no tooltip"
+        if not spec.is_widget and spec.type not in ("IMAGE", "AUDIO"):
+            assert spec.type in CUSTOM_TYPES, f"{node_id}.{spec.name}: custom type {spec.type} lacks the VEXPRESS_ prefix"
+        if spec.type in ("INT", "FLOAT"):
+            assert spec.min <= spec.default <= spec.max, f"{node_id}.{spec.name} default out of range"
+        if spec.type == "COMBO":
+            if spec.name not in ("model", "file"):  # folder listings: empty without ComfyUI's folders
+                assert spec.choices(), f"{node_id}.{spec.name} offers nothing"
+            if spec.default is not None:
+                assert spec.default in spec.choices()
+    for out in node.OUTPUTS:
+        assert out.type in CUSTOM_TYPES | WIDGET_TYPES | {"IMAGE", "AUDIO"}
+    # execute takes exactly the declared inputs; optional ones have defaults, required ones none.
+    parameters = inspect.signature(node.execute).parameters
+    assert list(parameters) == names
+    for spec in node.INPUTS:
+        assert (parameters[spec.name].default is not inspect.Parameter.empty) == spec.optional
+    if node.has_validation():
+        assert set(inspect.signature(node.validate_inputs).parameters) <= set(names)
 
 
-def test_pack_imports_like_comfyui_without_comfyui():
-    """ComfyUI imports the folder by path as a package; without ComfyUI present it must still load."""
-    spec = importlib.util.spec_from_file_location("vexpress_pack_plain", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
+@pytest.mark.parametrize("node_id", sorted(BY_ID))
+def test_object_info_is_comfyuis_v3_shape(node_id):
+    """The spec's /object_info entry, as ComfyUI v0.3.64 serialises a V3 node (Schema.get_v1_info:
+    checked equal to the live server's by tests/comfyui_live_check.py)."""
+    info = schema.object_info(BY_ID[node_id])
+    assert info["name"] == node_id and info["category"] == "V-Express"
+    required = [s.name for s in BY_ID[node_id].INPUTS if not s.optional]
+    optional = [s.name for s in BY_ID[node_id].INPUTS if s.optional]
+    assert info["input_order"]["required"] == required and info["input_order"].get("optional", []) == optional
+    for name, (kind, options) in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
+        assert "optional" not in options and options["tooltip"]
+        if kind == "COMBO":
+            assert options["multiselect"] is False and isinstance(options["options"], list)
+    assert len(info["output"]) == len(info["output_name"]) == len(info["output_tooltips"]) == len(info["output_is_list"])
+
+
+def test_registered_choices_appear_in_node_inputs():
+    """A detector or scheduler registered after import shows up in the combos (read at schema time)."""
+    from vexpress_core.detectors import DETECTORS
+    from vexpress_core.sampling import SCHEDULERS
+
+    DETECTORS.register("dummy-detector", lambda model_dir: None)
+    SCHEDULERS.register("dummy-scheduler", lambda: None)
     try:
-        spec.loader.exec_module(module)
-        assert set(module.NODE_CLASS_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
-        assert module.nodes.runtime.folder_paths is None
+        combos = {(node_id, name): options["options"] for node_id, node in BY_ID.items()
+                  for group in schema.object_info(node)["input"].values() for name, (kind, options) in group.items()
+                  if kind == "COMBO"}
+        assert "dummy-detector" in combos["VExpressLoadReference", "detector"]
+        assert "dummy-detector" in combos["VExpressKpsExtract", "detector"]
+        assert "dummy-scheduler" in combos["VExpressSampler", "scheduler"]
     finally:
-        for name in [n for n in sys.modules if n == spec.name or n.startswith(spec.name + ".")]:
+        DETECTORS.unregister("dummy-detector")
+        SCHEDULERS.unregister("dummy-scheduler")
+    assert "dummy-scheduler" not in BY_ID["VExpressSampler"].INPUTS[8].choices()
+
+
+class FakeIo:
+    """The part of comfy_api.latest.io that comfy_node uses, recording what it is given (the real
+    classes are checked by tests/comfyui_live_check.py)."""
+
+    class ComfyNode:
+        pass
+
+    class Schema:
+        def __init__(self, **fields):
+            self.__dict__.update(fields)
+
+    class NodeOutput:
+        def __init__(self, *args):
+            self.args = args
+
+    def __init__(self):
+        def kind(name):
+            class Input:
+                def __init__(self, id, **options):
+                    self.id, self.io_type, self.options = id, name, options
+
+            class Output:
+                def __init__(self, **options):
+                    self.io_type, self.options = name, options
+
+            return types.SimpleNamespace(Input=Input, Output=Output)
+
+        for attr, name in (("Int", "INT"), ("Float", "FLOAT"), ("Boolean", "BOOLEAN"), ("String", "STRING"),
+                           ("Combo", "COMBO"), ("Image", "IMAGE"), ("Audio", "AUDIO"), ("Mask", "MASK"),
+                           ("Latent", "LATENT"), ("Video", "VIDEO")):
+            setattr(self, attr, kind(name))
+        self.Custom = kind
+
+
+@pytest.mark.parametrize("node_id", sorted(BY_ID))
+def test_comfy_node_renders_every_field(node_id):
+    node, io = BY_ID[node_id], FakeIo()
+    rendered = schema.comfy_node(node, io)
+    assert rendered.__name__ == node_id and issubclass(rendered, io.ComfyNode) and rendered.SPEC is node
+    built = rendered.define_schema()
+    assert (built.node_id, built.display_name, built.category, built.description) == (
+        node_id, node.DISPLAY_NAME, node.CATEGORY, node.DESCRIPTION)
+    info = schema.object_info(node)
+    for spec, comfy_input in zip(node.INPUTS, built.inputs, strict=True):
+        assert comfy_input.id == spec.name and comfy_input.io_type == spec.type
+        rendered_options = {k: v for k, v in comfy_input.options.items() if v is not None and k != "optional"}
+        if spec.type == "COMBO":
+            rendered_options["multiselect"] = False
+        group = "optional" if spec.optional else "required"
+        assert comfy_input.options["optional"] == spec.optional
+        assert rendered_options == info["input"][group][spec.name][1]
+    assert [(o.io_type, o.options["display_name"], o.options["tooltip"]) for o in built.outputs] == [
+        (o.type, o.name, o.tooltip) for o in node.OUTPUTS]
+    if node.has_validation():
+        assert inspect.getfullargspec(rendered.validate_inputs).args == inspect.getfullargspec(node.validate_inputs).args
+    else:
+        assert "validate_inputs" not in vars(rendered)
+
+
+def test_comfy_entrypoint_lists_every_node(monkeypatch):
+    io = FakeIo()
+
+    class ComfyExtension:
+        pass
+
+    latest = types.ModuleType("comfy_api.latest")
+    latest.ComfyExtension, latest.io = ComfyExtension, io
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
+    extension = asyncio.run(PACK.comfy_entrypoint())
+    assert isinstance(extension, ComfyExtension)
+    listed = asyncio.run(extension.get_node_list())
+    assert [n.__name__ for n in listed] == [n.node_id() for n in NODES.NODES] == list(BY_ID)
+    assert all(issubclass(n, io.ComfyNode) for n in listed)
+
+
+def test_rendered_execute_returns_node_output(handle, prepared):
+    reference, speech, _ = prepared
+    rendered = schema.comfy_node(BY_ID["VExpressKpsRetarget"], FakeIo())
+    output = rendered.execute(reference=reference, speech=speech, mode="fix_face", resample="auto")
+    assert len(output.args) == 1 and isinstance(output.args[0], KeypointTrack)
+
+
+def test_pack_loads_like_comfyui_and_never_as_bare_nodes():
+    """ComfyUI imports the folder by path as a package named after its path; without ComfyUI it still
+    loads, exposes only the V3 entry point (ComfyUI ignores comfy_entrypoint when NODE_CLASS_MAPPINGS
+    exists), and nothing is imported as the bare top-level `nodes` (ComfyUI's core module)."""
+    assert "nodes" not in sys.modules
+    assert PACK.__name__ == str(REPO).replace(".", "_x_") and NODES.__name__ == PACK.__name__ + ".nodes"
+    assert callable(PACK.comfy_entrypoint) and not hasattr(PACK, "NODE_CLASS_MAPPINGS")
+    assert NODES.runtime.folder_paths is None
+    assert "from nodes" not in (REPO / "__init__.py").read_text() and "import nodes" not in (REPO / "__init__.py").read_text()
+
+
+def test_pack_imported_as_plain_module_loads_itself_as_a_package(monkeypatch):
+    """Run as a plain file (no package), the entry point loads its folder as the package `vexpress_pack`."""
+    import runpy
+
+    monkeypatch.delitem(sys.modules, "vexpress_pack", raising=False)
+    try:
+        namespace = runpy.run_path(str(REPO / "__init__.py"))
+        assert [n.node_id() for n in namespace["NODES"]] == list(BY_ID)
+        assert namespace["NODES"][0].__module__ == "vexpress_pack.nodes.loaders" and "nodes" not in sys.modules
+    finally:
+        for name in [n for n in sys.modules if n == "vexpress_pack" or n.startswith("vexpress_pack.")]:
             del sys.modules[name]
 
 
@@ -224,26 +404,27 @@ def test_pack_registers_model_folder_with_comfyui(tmp_path, monkeypatch):
     folder_paths = FakeFolderPaths(tmp_path)
     comfy = types.ModuleType("comfy")
     comfy.model_management, comfy.utils = FakeModelManagement(), FakeUtils()
+    comfy.model_patcher = types.SimpleNamespace(ModelPatcher=FakeModelPatcher)
     monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)
     monkeypatch.setitem(sys.modules, "comfy", comfy)
-    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
-    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
-    spec = importlib.util.spec_from_file_location("vexpress_pack_comfy", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
+    for name in ("model_management", "utils", "model_patcher"):
+        monkeypatch.setitem(sys.modules, f"comfy.{name}", getattr(comfy, name))
+    other = tmp_path / "checkout.of.the.pack"
+    shutil.copytree(REPO, other, ignore=shutil.ignore_patterns(".git", "tests", "training", "vexpress_core", "__pycache__", "*.md"))
     try:
-        spec.loader.exec_module(module)
+        module = load_pack(other)
         assert module.nodes.runtime.folder_paths is folder_paths
         assert module.nodes.runtime.model_management is comfy.model_management
+        assert module.nodes.runtime.model_patcher is comfy.model_patcher
         assert folder_paths.get_folder_paths("v-express") == [str(tmp_path / "models" / "v-express")]
     finally:
-        for name in [n for n in sys.modules if n == spec.name or n.startswith(spec.name + ".")]:
-            del sys.modules[name]
+        name = str(other).replace(".", "_x_")
+        for key in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+            del sys.modules[key]
 
 
 # ------------------------------------------------------------------------------------------------
-# Model folder
+# Model folder and loading
 
 
 def test_model_dropdown_lists_subfolders_and_validates(comfy, model_root, tmp_path):
@@ -253,26 +434,31 @@ def test_model_dropdown_lists_subfolders_and_validates(comfy, model_root, tmp_pa
     # A clone of the Hugging Face repo keeps everything under model_ckpts/.
     shutil.copytree(model_root / "V-Express", root / "V-Express-clone" / "model_ckpts")
     (root / "V-Express").symlink_to(model_root / "V-Express", target_is_directory=True)
-    loader = nodes.NODE_CLASS_MAPPINGS["VExpressLoadModels"]
-    assert loader.INPUT_TYPES()["required"]["model"][0] == model_folders() == ["V-Express", "V-Express-clone", "broken"]
-    assert model_folder_path("V-Express-clone") == root / "V-Express-clone" / "model_ckpts"
-    assert loader.VALIDATE_INPUTS("V-Express") is True
-    assert loader.VALIDATE_INPUTS("V-Express-clone") is True
-    message = loader.VALIDATE_INPUTS("broken")
+    loader = BY_ID["VExpressLoadModels"]
+    folders = NODES.loaders.model_folders()
+    assert schema.object_info(loader)["input"]["required"]["model"][1]["options"] == folders == ["V-Express", "V-Express-clone", "broken"]
+    assert NODES.loaders.model_folder_path("V-Express-clone") == root / "V-Express-clone" / "model_ckpts"
+    assert loader.validate_inputs("V-Express") is True
+    assert loader.validate_inputs("V-Express-clone") is True
+    message = loader.validate_inputs("broken")
     assert isinstance(message, str) and "missing" in message and "reference_net" in message
-    assert "not found" in loader.VALIDATE_INPUTS("nothing-here")
+    assert "not found" in loader.validate_inputs("nothing-here")
 
 
-def test_loader_caches_and_uses_comfy_devices(comfy, model_root, tmp_path):
+def test_loader_keeps_no_networks_and_uses_comfy_devices(comfy, model_root):
+    """No module-level cache: ComfyUI's executor caches the node's output; a dropped handle frees its networks."""
     comfy.folder_paths.add_model_folder_path("v-express", str(model_root))
-    loader = nodes.NODE_CLASS_MAPPINGS["VExpressLoadModels"]()
-    (first,) = loader.load("V-Express", "auto", "cpu")
-    (again,) = loader.load("V-Express", "auto", "cpu")
-    assert again is first
-    assert first.dtype == torch.float32 and first.load_device == torch.device("cpu")
-    (other,) = loader.load("V-Express", "bf16", "cpu")
-    assert other is not first and other.dtype == torch.bfloat16
+    loader = BY_ID["VExpressLoadModels"]
+    (first,) = loader.run(model="V-Express", dtype="auto", keep_idle_on="cpu")
+    assert first.dtype == torch.float32 and first.load_device == torch.device("cpu") and first.low_vram
+    assert sorted(first.patchers) == sorted(first.models.networks())
+    (other,) = loader.run(model="V-Express", dtype="bf16", keep_idle_on="gpu")
+    assert other is not first and other.dtype == torch.bfloat16 and not other.low_vram
     assert next(other.models.denoising_unet.parameters()).dtype == torch.bfloat16
+    network = weakref.ref(first.models.denoising_unet)
+    del first
+    gc.collect()
+    assert network() is None
 
 
 def test_idle_networks_go_back_even_on_error():
@@ -284,7 +470,7 @@ def test_idle_networks_go_back_even_on_error():
         def networks(self):
             return {"net": self.net}
 
-    handle = vtypes.ModelHandle(FakeModels(torch.nn.Linear(2, 2)), "fake", torch.device("cpu"), torch.device("meta"))
+    handle = management.ModelHandle(FakeModels(torch.nn.Linear(2, 2)), "fake", torch.device("cpu"), torch.device("meta"), low_vram=True)
     with pytest.raises(RuntimeError, match="boom"):
         with handle.using(("net",)) as models:
             assert models.net.weight.device.type == "cpu" and models.device == torch.device("cpu")
@@ -306,6 +492,83 @@ def test_crop_box():
 
 
 # ------------------------------------------------------------------------------------------------
+# ComfyUI model management
+
+
+@dataclasses.dataclass
+class TwoNetworks:
+    vae: torch.nn.Module
+    denoising_unet: torch.nn.Module
+    device: torch.device = torch.device("cpu")
+
+    def networks(self):
+        return {"vae": self.vae, "denoising_unet": self.denoising_unet}
+
+
+GPU, HOST = torch.device("cuda", 0), torch.device("cpu")
+
+
+def managed_handle(low_vram):
+    models = TwoNetworks(torch.nn.Linear(4, 4), torch.nn.Linear(8, 8))
+    return management.ModelHandle.create(models, "fake", GPU, HOST, low_vram)
+
+
+def placement(handle):
+    return {name: patcher.model.device.type for name, patcher in handle.patchers.items()}
+
+
+def test_networks_are_comfyui_loaded_models(comfy):
+    handle = managed_handle(low_vram=False)
+    assert all(isinstance(p, FakeModelPatcher) and p.model.module is getattr(handle.models, name)
+               for name, p in handle.patchers.items())
+    assert handle.patchers["denoising_unet"].model_size() == 8 * 8 * 4 + 8 * 4
+    foreign = FakeModelPatcher(torch.nn.Linear(2, 2), GPU, HOST)
+    comfy.mm.load_models_gpu([foreign])
+    with handle.using(("denoising_unet",)) as models:
+        assert models.device == GPU and placement(handle) == {"vae": "cpu", "denoising_unet": "cuda"}
+    (loaded, full), = comfy.mm.load_calls[1:]
+    assert loaded == [handle.patchers["denoising_unet"]] and full  # whole modules: no partial (lowvram) load
+    # After the block the network stays loaded, as ComfyUI keeps its own models, next to the foreign one.
+    assert handle.loaded_networks() == ["denoising_unet"] and len(comfy.mm.current_loaded_models) == 2
+    # "Unload models" / free-memory logic evicts it to its offload device; the next use loads it again.
+    comfy.mm.get_torch_device = lambda: GPU
+    comfy.mm.unload_all_models()
+    assert handle.loaded_networks() == [] and placement(handle) == {"vae": "cpu", "denoising_unet": "cpu"}
+    with handle.using(("vae", "denoising_unet")):
+        assert placement(handle) == {"vae": "cuda", "denoising_unet": "cuda"}
+    assert sorted(handle.loaded_networks()) == ["denoising_unet", "vae"]
+
+
+def test_low_vram_keeps_only_the_running_networks_loaded(comfy):
+    handle = managed_handle(low_vram=True)
+    foreign = FakeModelPatcher(torch.nn.Linear(2, 2), GPU, HOST)
+    comfy.mm.load_models_gpu([foreign])
+    with handle.using(("vae",)):
+        assert handle.loaded_networks() == ["vae"]
+    with pytest.raises(RuntimeError, match="cancelled"):
+        with handle.using(("denoising_unet",)):
+            assert handle.loaded_networks() == ["denoising_unet"] and placement(handle)["vae"] == "cpu"
+            raise RuntimeError("cancelled")
+    assert handle.loaded_networks() == [] and placement(handle) == {"vae": "cpu", "denoising_unet": "cpu"}
+    assert [m.model for m in comfy.mm.current_loaded_models] == [foreign]  # other models untouched
+
+
+def test_node_chain_under_comfyui_model_management(comfy, model_root, portrait, speech_audio):
+    comfy.folder_paths.add_model_folder_path("v-express", str(model_root))
+    (models,) = BY_ID["VExpressLoadModels"].run(model="V-Express", dtype="fp32", keep_idle_on="gpu")
+    BY_ID["VExpressLoadReference"].run(models=models, image=portrait, **REFERENCE_ARGS)
+    assert sorted(models.loaded_networks()) == sorted(REFERENCE_NETWORKS)
+    speech, _, _ = BY_ID["VExpressAudioEncode"].run(models=models, audio=speech_audio, fps=30.0)
+    assert sorted(models.loaded_networks()) == sorted(REFERENCE_NETWORKS + SPEECH_NETWORKS)
+    comfy.mm.unload_all_models()
+    assert models.loaded_networks() == []
+    speech_again, _, _ = BY_ID["VExpressAudioEncode"].run(models=models, audio=speech_audio, fps=30.0)
+    assert torch.equal(speech.speech.hidden, speech_again.speech.hidden)
+    assert [call[0] for call in comfy.mm.load_calls] == [
+        [models.patchers[n] for n in names] for names in (REFERENCE_NETWORKS, SPEECH_NETWORKS, SPEECH_NETWORKS)]
+
+
+# ------------------------------------------------------------------------------------------------
 # Declared outputs match returned values; inputs untouched
 
 
@@ -321,25 +584,32 @@ def check_value(kind: str, value) -> None:
     elif kind == "FLOAT":
         assert isinstance(value, float)
     elif kind == vtypes.MODELS:
-        assert isinstance(value, vtypes.ModelHandle)
+        assert isinstance(value, management.ModelHandle)
     elif kind == vtypes.REFERENCE:
-        assert isinstance(value, vtypes.ReferenceInput) and value.keypoints.shape == (3, 2)
+        assert isinstance(value, PreparedReference) and value.keypoints.shape == (3, 2)
     elif kind == vtypes.AUDIO:
         assert isinstance(value, vtypes.SpeechInput)
     elif kind == vtypes.KPS:
         assert isinstance(value, KeypointTrack)
+    elif kind == vtypes.WINDOW_OPTIONS:
+        assert isinstance(value, WindowSettings)
+    elif kind == vtypes.MEMORY_OPTIONS:
+        assert isinstance(value, MemorySettings)
     else:
         raise AssertionError(f"no check for {kind}")
 
 
 def run_node(node_id, **kwargs):
-    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+    """Runs a node as ComfyUI does; checks outputs against the declaration and that inputs are untouched."""
+    node = BY_ID[node_id]
     snapshot = {k: (v.clone() if isinstance(v, torch.Tensor) else {**v, "waveform": v["waveform"].clone()} if isinstance(v, dict) else v)
                 for k, v in kwargs.items()}
-    result = getattr(cls(), cls.FUNCTION)(**kwargs)
-    assert isinstance(result, tuple) and len(result) == len(cls.RETURN_TYPES)
-    for kind, value in zip(cls.RETURN_TYPES, result):
-        check_value(kind, value)
+    outcome = execute(node, kwargs)
+    assert outcome.ok, (outcome.errors, outcome.exception_message)
+    result = outcome.outputs
+    assert isinstance(result, tuple) and len(result) == len(node.OUTPUTS)
+    for out, value in zip(node.OUTPUTS, result):
+        check_value(out.type, value)
     for key, before in snapshot.items():  # nodes never change their inputs
         after = kwargs[key]
         if isinstance(before, torch.Tensor):
@@ -350,10 +620,10 @@ def run_node(node_id, **kwargs):
 
 
 def test_node_chain_declared_types(handle, portrait, speech_audio, samples_dir):
-    reference, picture = run_node("VExpressLoadReference", models=handle, image=portrait, width=64, height=48,
+    reference, picture = run_node("VExpressLoadReference", models=handle, image=portrait, width=96, height=64,
                                   crop="face", face_margin=0.6, detector="retinaface", face_index=-1)
-    assert picture.shape == (1, 48, 64, 3) and reference.width == 64 and reference.height == 48
-    assert (reference.keypoints[:, 0] < 64).all() and (reference.keypoints[:, 1] < 48).all()
+    assert picture.shape == (1, 64, 96, 3) and reference.width == 96 and reference.height == 64
+    assert (reference.keypoints[:, 0] < 96).all() and (reference.keypoints[:, 1] < 64).all()
     speech, frame_count, audio = run_node("VExpressAudioEncode", models=handle, audio=speech_audio, fps=25.0)
     assert frame_count == speech.num_frames == 7 and speech.fps == 25.0
     assert audio["waveform"].shape == (1, 2, 4480)  # 7 frames at 25 fps of 16 kHz
@@ -362,54 +632,78 @@ def test_node_chain_declared_types(handle, portrait, speech_audio, samples_dir):
     assert len(track) == 3 and track.fps == 24.0 and track.valid.all()
     for mode in ("fix_face", "no_retarget", "offset_retarget", "naive_retarget"):
         (kps,) = run_node("VExpressKpsRetarget", reference=reference, speech=speech, mode=mode, resample="auto", kps=track)
-        assert len(kps) == 7 and kps.frame_size == (64, 48)
+        assert len(kps) == 7 and kps.frame_size == (96, 64)
     (preview,) = run_node("VExpressKpsPreview", kps=kps, width=0, height=0)
-    assert preview.shape == (7, 48, 64, 3) and preview.max() > 0
+    assert preview.shape == (7, 64, 96, 3) and preview.max() > 0
+    (window,) = run_node("VExpressWindowOptions", context_frames=16, context_overlap=2, blend="ramp")
+    assert window == WindowSettings(16, 2, "ramp")
+    (memory,) = run_node("VExpressMemoryOptions", **spec_defaults(BY_ID["VExpressMemoryOptions"]))
+    assert memory == MemorySettings()
 
 
 def test_fix_face_needs_no_driving_track_and_other_modes_do(prepared):
     reference, speech, _ = prepared
-    retarget = nodes.NODE_CLASS_MAPPINGS["VExpressKpsRetarget"]()
-    (kps,) = retarget.retarget(reference, speech, "fix_face", "auto")
+    retarget = BY_ID["VExpressKpsRetarget"]
+    (kps,) = retarget.run(reference=reference, speech=speech, mode="fix_face", resample="auto")
     assert np.allclose(kps.points, reference.keypoints[None])
     with pytest.raises(ValueError, match="needs a keypoint track"):
-        retarget.retarget(reference, speech, "naive_retarget", "auto")
+        retarget.run(reference=reference, speech=speech, mode="naive_retarget", resample="auto")
 
 
 def test_kps_load_node(comfy, samples_dir):
     comfy.folder_paths.input_dir.mkdir()
     shutil.copy(samples_dir / SAMPLE / "kps.pth", comfy.folder_paths.input_dir / "driving_kps.pth")
-    loader = nodes.NODE_CLASS_MAPPINGS["VExpressKpsLoad"]
-    assert loader.INPUT_TYPES()["required"]["file"][0] == ["driving_kps.pth"]
-    assert loader.VALIDATE_INPUTS("driving_kps.pth") is True
-    assert "not found" in loader.VALIDATE_INPUTS("other.pth")
+    loader = BY_ID["VExpressKpsLoad"]
+    assert schema.object_info(loader)["input"]["required"]["file"][1]["options"] == ["driving_kps.pth"]
+    assert loader.validate_inputs("driving_kps.pth") is True
+    assert "not found" in loader.validate_inputs("other.pth")
     (track,) = run_node("VExpressKpsLoad", file="driving_kps.pth", fps=25.0)
     assert track.fps == 25.0 and track.frame_size == (512, 512)
     (unknown,) = run_node("VExpressKpsLoad", file="driving_kps.pth", fps=0.0)
     assert unknown.fps is None
 
 
-def test_reference_without_a_face_says_so(handle):
+def no_face_image():
     y, x = np.mgrid[0:128, 0:128]
-    gradient = torch.from_numpy(np.stack([x, y, x + y], -1) / 256.0).float()[None]
-    with pytest.raises(ValueError, match="no face found"):
-        nodes.NODE_CLASS_MAPPINGS["VExpressLoadReference"]().prepare(handle, gradient, 64, 64, "face", 0.6, "retinaface", -1)
-    with pytest.raises(ValueError, match="no face found"):
-        nodes.NODE_CLASS_MAPPINGS["VExpressLoadReference"]().prepare(handle, gradient, 64, 64, "center", 0.6, "retinaface", -1)
+    return torch.from_numpy(np.stack([x, y, x + y], -1) / 256.0).float()[None]
+
+
+def test_reference_without_a_face_says_so(handle):
+    for crop in ("face", "center"):
+        with pytest.raises(ValueError, match="no face found"):
+            BY_ID["VExpressLoadReference"].run(models=handle, image=no_face_image(), **{**REFERENCE_ARGS, "crop": crop})
 
 
 # ------------------------------------------------------------------------------------------------
-# Sampler: outputs, progress per (step, window), cancel within one window
+# Sampler: options, outputs, progress per (step, window), cancel within one window
 
 
-SAMPLER_ARGS = dict(steps=2, cfg=1.0, reference_weight=0.95, audio_weight=3.0, context_frames=4, context_overlap=1,
-                    blend="mean", scheduler="ddim", seed=7, deflicker=True)
+SAMPLER_ARGS = dict(steps=2, cfg=1.0, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", seed=7, deflicker=True)
+WINDOWS = WindowSettings(context_frames=4, context_overlap=1)
+
+
+def test_sampler_options_default_to_the_published_settings(prepared):
+    reference, speech, _ = prepared
+    settings = NODES.sampling.generation_settings(reference, speech, **SAMPLER_ARGS)
+    published = GenerationSettings()
+    for name in ("context_frames", "context_overlap", "blend", "window_batch", "decode_chunk", "vae_tiling", "compile"):
+        assert getattr(settings, name) == getattr(published, name), name
+    for spec in BY_ID["VExpressWindowOptions"].INPUTS:
+        assert spec.default == getattr(published, spec.name), spec.name
+    memory_defaults = {spec.name: spec.default for spec in BY_ID["VExpressMemoryOptions"].INPUTS}
+    assert BY_ID["VExpressMemoryOptions"].execute(**memory_defaults)[0] == published.memory  # 0 = "auto"
+    chosen = NODES.sampling.generation_settings(reference, speech, **SAMPLER_ARGS, window=WindowSettings(8, 2, "ramp"),
+                                                memory=MemorySettings(window_batch=2, decode_chunk=4, vae_tiling=True),
+                                                low_vram=True)
+    assert (chosen.context_frames, chosen.context_overlap, chosen.blend, chosen.window_batch, chosen.decode_chunk,
+            chosen.vae_tiling, chosen.latents_on_host) == (8, 2, "ramp", 2, 4, True, True)
 
 
 def test_sampler_outputs_and_progress(comfy, handle, prepared):
     reference, speech, kps = prepared
     images, audio, fps = run_node("VExpressSampler", models=handle, reference=reference, speech=speech, kps=kps,
-                                  **SAMPLER_ARGS, window_batch=2, decode_chunk=4)
+                                  **SAMPLER_ARGS, window_options=WINDOWS,
+                                  memory_options=MemorySettings(window_batch=2, decode_chunk=4))
     assert images.shape == (9, 64, 64, 3) and fps == 30.0
     assert audio["waveform"].shape == (1, 2, 4800) and audio["sample_rate"] == 16000
     windows = 3  # 9 frames in windows of 4 overlapping by 1: starts 0, 3, 5
@@ -427,12 +721,13 @@ def test_sampler_stops_within_one_window_on_interrupt(comfy, handle, prepared):
         comfy.mm.interrupt = True
 
     comfy.utils.ProgressBar.update_absolute = press_cancel_after_first_window
-    with pytest.raises(InterruptProcessingException):
-        nodes.NODE_CLASS_MAPPINGS["VExpressSampler"]().sample(handle, reference, speech, kps, **SAMPLER_ARGS)
+    sampler = BY_ID["VExpressSampler"]
+    inputs = dict(models=handle, reference=reference, speech=speech, kps=kps, **SAMPLER_ARGS, window_options=WINDOWS)
+    assert execute(sampler, inputs, InterruptProcessingException).interrupted
     assert len(comfy.utils.updates) == 1
     # The handle is still usable after the cancel.
     comfy.utils.ProgressBar.update_absolute = original
-    images, _, _ = nodes.NODE_CLASS_MAPPINGS["VExpressSampler"]().sample(handle, reference, speech, kps, **{**SAMPLER_ARGS, "steps": 1})
+    images, _, _ = run_node("VExpressSampler", **{**inputs, "steps": 1})
     assert images.shape[0] == 9
 
 
@@ -440,4 +735,132 @@ def test_sampler_rejects_a_track_of_the_wrong_length(handle, prepared):
     reference, speech, kps = prepared
     short = KeypointTrack(kps.points[:5], kps.frame_size, kps.fps)
     with pytest.raises(ValueError, match="frames"):
-        nodes.NODE_CLASS_MAPPINGS["VExpressSampler"]().sample(handle, reference, speech, short, **SAMPLER_ARGS)
+        BY_ID["VExpressSampler"].run(models=handle, reference=reference, speech=speech, kps=short, **SAMPLER_ARGS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Server survival: errors run the way ComfyUI's executor runs nodes, name what to change, and the
+# next valid run in the same process succeeds.
+
+
+def assert_survives(node_id, bad: dict, good: dict, *expected: str, interrupt=None):
+    node = BY_ID[node_id]
+    outcome = execute(node, bad, interrupt)
+    if interrupt is not None:
+        assert outcome.interrupted, (outcome.errors, outcome.exception_message)
+    else:
+        text = " ".join(outcome.errors) or outcome.exception_message
+        assert not outcome.ok and text, f"{node_id} accepted bad input"
+        for phrase in expected:
+            assert phrase in text, f"{node_id}: {phrase!r} missing from the error {text!r}"
+    again = execute(node, good)
+    assert again.ok, (again.errors, again.exception_message)
+    return again.outputs
+
+
+def test_no_face_in_the_reference_says_what_to_use(comfy, handle, portrait):
+    good = dict(models=handle, image=portrait, **REFERENCE_ARGS)
+    for crop in ("face", "center"):
+        assert_survives("VExpressLoadReference", {**good, "image": no_face_image(), "crop": crop}, good,
+                        "no face found in", "use a clear, front-facing portrait")
+
+
+def test_no_face_in_the_driving_frames_says_what_to_connect(comfy, portrait):
+    good = dict(images=portrait.repeat(2, 1, 1, 1), fps=30.0, detector="retinaface", face_index=-1)
+    assert_survives("VExpressKpsExtract", {**good, "images": no_face_image().repeat(2, 1, 1, 1)}, good,
+                    "no face found in any of the 2 frames", "driving video that shows a face", "fix_face")
+    assert_survives("VExpressKpsExtract", {**good, "images": portrait[:0]}, good, "no frames", "connect the images")
+
+
+def test_silent_audio_says_to_give_speech(comfy, handle, speech_audio):
+    silent = {"waveform": torch.zeros(1, 2, 16000), "sample_rate": 16000}
+    good = dict(models=handle, audio=speech_audio, fps=30.0)
+    assert_survives("VExpressAudioEncode", {**good, "audio": silent}, good, "silent", "give a clip with speech in it")
+    too_short = {"waveform": speech_audio["waveform"][..., :100], "sample_rate": 16000}
+    assert_survives("VExpressAudioEncode", {**good, "audio": too_short}, good, "shorter than one frame")
+
+
+def test_bad_sizes_name_the_input_and_the_rule(comfy, handle, portrait, prepared):
+    good = dict(models=handle, image=portrait, **REFERENCE_ARGS)
+    assert_survives("VExpressLoadReference", {**good, "width": 100}, good, "width must be a positive multiple of 8, got 100")
+    assert_survives("VExpressLoadReference", {**good, "height": 32}, good, "Value 32 smaller than min of 64: height")
+    assert_survives("VExpressLoadReference", {**good, "image": portrait[:0]}, good, "empty IMAGE batch", "connect an image")
+    options = dict(context_frames=4, context_overlap=1, blend="mean")
+    assert_survives("VExpressWindowOptions", {**options, "context_overlap": 4}, options,
+                    "context_overlap must be in 0..context_frames-1 (3), got 4")
+    assert_survives("VExpressWindowOptions", {**options, "context_frames": 40}, options, "Value 40 bigger than max of 32")
+
+
+def interrupt_on_check(comfy, number: int) -> None:
+    """Presses Cancel when the node checks for it the `number`-th time (from inside the networks)."""
+    original = comfy.mm.throw_exception_if_processing_interrupted
+
+    def check():
+        if comfy.mm.checks + 1 == number:
+            comfy.mm.interrupt = True
+        original()
+
+    comfy.mm.throw_exception_if_processing_interrupted = check
+
+
+@pytest.mark.parametrize("node_id", ["VExpressAudioEncode", "VExpressLoadReference", "VExpressKpsExtract"])
+def test_cancel_during_a_node_then_a_valid_run(comfy, handle, portrait, speech_audio, node_id):
+    inputs = {
+        "VExpressAudioEncode": dict(models=handle, audio=speech_audio, fps=30.0),
+        "VExpressLoadReference": dict(models=handle, image=portrait, **REFERENCE_ARGS),
+        "VExpressKpsExtract": dict(images=portrait.repeat(3, 1, 1, 1), fps=30.0, detector="retinaface", face_index=-1),
+    }[node_id]
+    assert execute(BY_ID[node_id], inputs).ok
+    checks = comfy.mm.checks
+    assert checks >= 3, f"{node_id} checks for Cancel only {checks} times"
+    comfy.mm.checks = 0
+    interrupt_on_check(comfy, checks // 2 + 1)  # in the middle of the work, not before it starts
+    outcome = execute(BY_ID[node_id], inputs, InterruptProcessingException)
+    assert outcome.interrupted and comfy.mm.checks == checks // 2 + 1
+    again = execute(BY_ID[node_id], inputs)
+    assert again.ok and comfy.mm.checks > checks // 2 + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# One orchestration: the CLI and the node graph give the same frames for the same inputs and settings
+
+
+def test_cli_and_node_graph_give_the_same_frames(comfy, model_root, portrait, speech_audio, tmp_path, monkeypatch):
+    """Same photo (lossless PNG), same 16 kHz speech, same settings: identical uint8 frames. The CLI's
+    mp4 writer is replaced by a capture of the frames it would encode (H.264 is lossy)."""
+    import soundfile
+    from PIL import Image
+
+    from vexpress_core import cli, orchestration, pipeline
+
+    photo, speech_file = tmp_path / "photo.png", tmp_path / "speech.wav"
+    Image.fromarray(NODES.types.image_to_uint8(portrait[0])).save(photo)
+    soundfile.write(speech_file, speech_audio["waveform"][0, 0].numpy(), 16000)
+    captured = {}
+
+    def capture_frames(models, reference, speech, track, settings, out, callback=None, cancel=None):
+        captured["frames"] = pipeline.generate(models, reference, speech, track, settings).frames
+        return Path(out)
+
+    monkeypatch.setattr(orchestration.pipeline, "write_video", capture_frames)
+    settings = dict(steps=2, seed=7, cfg=3.5, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", deflicker=True)
+    assert cli.main(["generate", "--models", str(model_root / "V-Express"), "--reference", str(photo), "--audio",
+                     str(speech_file), "--out", str(tmp_path / "cli.mp4"), "--width", "64", "--height", "64",
+                     "--steps", "2", "--seed", "7", "--dtype", "fp32", "--device", "cpu", "--detector", "retinaface",
+                     "--context-frames", "4", "--context-overlap", "1"]) == 0
+
+    comfy.folder_paths.add_model_folder_path("v-express", str(model_root))
+    (models,) = run_node("VExpressLoadModels", model="V-Express", dtype="fp32", keep_idle_on="gpu")
+    image = torch.from_numpy(np.array(Image.open(photo))).float()[None] / 255.0
+    reference, _ = run_node("VExpressLoadReference", models=models, image=image, **REFERENCE_ARGS)
+    wave, rate = soundfile.read(speech_file, dtype="float32")
+    speech, _, _ = run_node("VExpressAudioEncode", models=models, fps=30.0,
+                            audio={"waveform": torch.from_numpy(wave)[None, None], "sample_rate": rate})
+    (kps,) = run_node("VExpressKpsRetarget", reference=reference, speech=speech, mode="fix_face", resample="auto")
+    (window,) = run_node("VExpressWindowOptions", context_frames=4, context_overlap=1, blend="mean")
+    images, _, _ = run_node("VExpressSampler", models=models, reference=reference, speech=speech, kps=kps,
+                            window_options=window, **settings)
+    node_frames = NODES.types.image_to_uint8  # per frame: float 0..1 -> uint8, as the frames came out
+    nodes_uint8 = np.stack([node_frames(frame) for frame in images])
+    assert captured["frames"].shape == nodes_uint8.shape == (9, 64, 64, 3)
+    assert np.array_equal(captured["frames"], nodes_uint8)

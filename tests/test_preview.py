@@ -37,18 +37,17 @@ def test_contact_sheet_tiles_the_window_within_the_size_limit(frames, side, expe
 
 def test_previews_are_rate_limited_and_the_last_window_always_shows():
     now = [0.0]
-    shown, forwarded = [], []
-    update = with_previews(forwarded.append, lambda progress, picture: shown.append(progress.window),
-                           per_second=2, clock=lambda: now[0])
+    calls = []
+    update = with_previews(lambda progress, picture: calls.append((progress.window, picture)), per_second=2,
+                           clock=lambda: now[0])
     latents = torch.zeros(4, 2, 4, 4)
     for window in range(1, 11):
         update(Progress(0, 1, window, 10, (0, 1), lambda: latents))
         now[0] += 0.1  # ten windows a second
-    assert len(forwarded) == 10
-    assert shown == [1, 6, 10]
-    off = with_previews(None, lambda progress, picture: shown.append("no latents"), clock=lambda: now[0])
-    off(Progress(0, 1, 1, 1))
-    assert shown[-1] == 10
+    assert [window for window, _ in calls] == list(range(1, 11))  # every window reaches the progress bar
+    assert [window for window, picture in calls if picture is not None] == [1, 6, 10]
+    update(Progress(0, 1, 1, 1))  # no latents: no picture
+    assert calls[-1] == (1, None)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpmpp", "euler"])
@@ -56,7 +55,7 @@ def test_previews_never_change_the_result(scheduler):
     plain = sample(fake_denoiser, noise(), make_scheduler(scheduler), 3, context_frames=8, context_overlap=2)
     pictures = []
     previewed = sample(fake_denoiser, noise(), make_scheduler(scheduler), 3, context_frames=8, context_overlap=2,
-                       callback=with_previews(None, lambda progress, picture: pictures.append((progress, picture)),
+                       callback=with_previews(lambda progress, picture: pictures.append((progress, picture)),
                                               per_second=1e9))
     assert torch.equal(plain, previewed)
     assert len(pictures) == 3 * 3  # 20 frames in windows of 8 overlapping by 2: 3 windows, 3 steps

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from vexpress_core.dtypes import DTYPES, resolved_dtype
-from vexpress_core.keypoints import DETECTORS, RESAMPLE_MODES, RETARGET_MODES
+from vexpress_core.detectors import DETECTORS
+from vexpress_core.keypoints import RESAMPLE_MODES, RETARGET_MODES
 from vexpress_core.registry import Registry
 from vexpress_core.sampling import BLEND_WEIGHTS, SCHEDULERS
 

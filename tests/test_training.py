@@ -31,9 +31,9 @@ from vexpress_core.audio import (
     padded_audio_sequence,
 )
 from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, load_models, read_unet_config
-from vexpress_core.keypoints import draw_kps_image, read_video_frames
+from vexpress_core.keypoints import draw_kps_image
 from vexpress_core.models import VExpressUNet, reference_features
-from vexpress_core.video import write_mp4
+from vexpress_core.video import read_video_frames, write_mp4
 from vexpress_training import prepare as prepare_module
 from vexpress_training.clipdata import DataError, read_labels, read_manifest
 from vexpress_training.config import ConfigError, TrainConfig, load_config
@@ -225,12 +225,12 @@ def test_sample_matches_inference_windows_and_flips_eyes(prepared, videos, tiny_
 
 def test_sampler_shards_and_resumes_mid_epoch():
     full = [list(EpochSampler(10, 2, seed=5, num_replicas=2, rank=rank)) for rank in (0, 1)]
-    assert len(full[0]) == len(full[1]) == 4 and not {k for k, _ in full[0]} & {k for k, _ in full[1]}
+    assert len(full[0]) == len(full[1]) == 4 and not {k for k, _, _ in full[0]} & {k for k, _, _ in full[1]}
     sampler = EpochSampler(10, 2, seed=5, num_replicas=2, rank=1)
     sampler.set_epoch(0, skip_batches=1)
     assert list(sampler) == full[1][2:]
     sampler.set_epoch(1)
-    assert list(sampler) != full[1] and {epoch for _, epoch in sampler} == {1}
+    assert list(sampler) != full[1] and {epoch for _, epoch, _ in sampler} == {1}
 
 
 # ---------------------------------------------------------------------------------------------

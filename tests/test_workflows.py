@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-import nodes
-from nodes import runtime
+from comfyui_like import NODES, execute as execute_node
 from vexpress_core.tiny import make_tiny_models
 from vexpress_core.video import probe_video, to_uint8, write_mp4
+
+runtime = NODES.runtime
+BY_ID = NODES.nodes_by_id()
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -86,10 +88,7 @@ def definitions(model_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "folder_paths", None)
         patch.setenv(runtime.MODEL_ROOT_ENV, str(model_root))
-        defs = {}
-        for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items():
-            spec = cls.INPUT_TYPES()
-            defs[node_id] = {"input": spec, "output": list(cls.RETURN_TYPES), "output_name": list(cls.RETURN_NAMES)}
+        defs = {node_id: NODES.schema.object_info(node) for node_id, node in BY_ID.items()}
     defs.update(CORE_NODES)
     return defs
 
@@ -363,9 +362,10 @@ def execute(workflow: dict, core: CoreStandIns) -> dict:
         for node_id in ready:
             node = pending.pop(node_id)
             kwargs = {k: (results[v[0]][v[1]] if isinstance(v, list) else v) for k, v in node["inputs"].items()}
-            if node["class_type"] in nodes.NODE_CLASS_MAPPINGS:
-                cls = nodes.NODE_CLASS_MAPPINGS[node["class_type"]]
-                results[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
+            if node["class_type"] in BY_ID:
+                outcome = execute_node(BY_ID[node["class_type"]], kwargs)
+                assert outcome.ok, f"{node_id} {node['class_type']}: {outcome.errors or outcome.exception_message}"
+                results[node_id] = outcome.outputs
             else:
                 results[node_id] = getattr(core, node["class_type"])(**kwargs)
     return results
@@ -398,8 +398,9 @@ def test_api_workflow_runs_on_tiny_model(name, model_root, samples_dir, tmp_path
         assert frame_count / fps > 30
     sampler_inputs = {k: (results[v[0]][v[1]] if isinstance(v, list) else v) for k, v in workflow[sampler_id]["inputs"].items()}
     assert len(sampler_inputs["kps"]) == frame_count and sampler_inputs["kps"].frame_size == (64, 64)
-    settings = nodes.NODE_CLASS_MAPPINGS["VExpressSampler"].settings(
-        **{k: v for k, v in sampler_inputs.items() if k not in ("models", "kps")})
+    options = {"window": sampler_inputs.pop("window_options", None), "memory": sampler_inputs.pop("memory_options", None)}
+    settings = NODES.sampling.generation_settings(
+        **{k: v for k, v in sampler_inputs.items() if k not in ("models", "kps")}, **options)
     assert (settings.width, settings.height, settings.steps, settings.fps) == (64, 64, 2, fps)
     images, audio, out_fps = results[sampler_id]
     assert images.shape == (frame_count, 64, 64, 3) and out_fps == fps

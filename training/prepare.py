@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vexpress_core.audio import SAMPLE_RATE, encode_audio, load_audio, load_audio_encoder, padded_audio_sequence
-from vexpress_core.keypoints import DETECTORS, FaceDetector, make_detector, read_video_frames, video_fps_and_length
+from vexpress_core.detectors import DETECTORS, FaceDetector, make_detector
+from vexpress_core.video import read_video_frames, video_fps_and_length
 
 from .clipdata import CLIPS, FRAMES, META, REPORT, ClipLabels, ClipMeta, finish_clip, partial_dir, read_meta, write_frames, write_manifest
 

@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> TrainResult:
         net = checkpoint_networks(args.models, resume_dir).float().train()
     else:
         net = initial_networks(config, unet_config, audio_dim, args.models, args.init)
+    if config.num_frames > net.denoising_unet.config.motion_max_len:
+        raise ConfigError(f"num_frames {config.num_frames} exceeds the motion modules' length "
+                          f"{net.denoising_unet.config.motion_max_len}")
     trained = apply_stage(net, config.stage, zero_outputs=resume_dir is None)
     logger.info(trainable_summary(net, config.stage))
     if config.gradient_checkpointing:

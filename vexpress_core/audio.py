@@ -19,7 +19,6 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
 WAV2VEC2_FOLDER = "wav2vec2-base-960h"
-DEMO_SPEECH = Path(__file__).resolve().parent / "assets" / "speech.wav"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,21 @@ class VExpressModels:
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @property
+    def motion_length(self) -> int:
+        """Frames one window may hold: the motion modules' position-code length."""
+        return int(self.denoising_unet.config.motion_max_len)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the denoising UNet takes."""
+        return int(self.denoising_unet.config.in_channels)
+
     def networks(self) -> dict[str, torch.nn.Module]:
         return {
             "reference_net": self.reference_net,

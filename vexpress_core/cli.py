@@ -7,17 +7,15 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from .dtypes import AUTO, DTYPES, resolved_dtype
-from .keypoints import DETECTORS, RESAMPLE_MODES, RETARGET_MODES
-from .sampling import BLEND_WEIGHTS, SCHEDULERS
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from .detectors import DETECTORS
+from .keypoints import RESAMPLE_MODES, RETARGET_MODES
+from .orchestration import CROP_MODES, DEFAULT_CROP, DEFAULT_FACE_MARGIN
+from .cli_common import default_device, progress_bar, read_image, settings_from
+from .sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
 
 
 def window_batch_value(text: str) -> int | str:
@@ -34,12 +32,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     defaults = GenerationSettings()
     parser.add_argument("--width", type=int, default=defaults.width, help="output width, a multiple of 8")
     parser.add_argument("--height", type=int, default=defaults.height, help="output height, a multiple of 8")
-    parser.add_argument("--fps", type=float, default=defaults.fps)
+    parser.add_argument("--fps", type=float, help=f"frames per second (default {defaults.fps:g}; with --dub the video's)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="classifier-free guidance scale")
     parser.add_argument("--reference-weight", type=float, default=defaults.reference_weight, help="0.9-1.0 recommended")
     parser.add_argument("--audio-weight", type=float, default=defaults.audio_weight, help="1.0-3.0 recommended")
-    parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="frames per window, at most 32")
+    parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help=f"frames per window, at most {MAX_CONTEXT_FRAMES} (the published motion modules)")
     parser.add_argument("--context-overlap", type=int, default=defaults.context_overlap)
     parser.add_argument("--blend", choices=BLEND_WEIGHTS.names(), default=defaults.blend, help="how overlapping windows are fused")
     parser.add_argument("--window-batch", type=window_batch_value, default="auto",
@@ -55,56 +53,6 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                         help="keep each network on the GPU only while it runs and the latents in host memory")
 
 
-def settings_from(args: argparse.Namespace):
-    from .pipeline import GenerationSettings
-
-    return GenerationSettings(
-        width=args.width, height=args.height, fps=args.fps, steps=args.steps, guidance_scale=args.guidance,
-        reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
-        context_overlap=args.context_overlap, blend=args.blend, scheduler=args.scheduler, seed=args.seed,
-        window_batch=args.window_batch, deflicker=args.deflicker, latents_on_host=args.low_vram, compile=args.compile,
-        vae_tiling=args.vae_tiling,
-    )
-
-
-def progress_bar(settings, num_frames: int):
-    from .sampling import context_windows
-
-    windows = len(context_windows(num_frames, settings.context_frames, settings.context_overlap))
-    bar = tqdm(total=settings.steps * windows, desc="denoising", unit="window")
-
-    def update(progress) -> None:
-        bar.set_postfix_str(f"step {progress.step + 1}/{progress.num_steps}")
-        bar.update(1)
-
-    return bar, update
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"reference image {path} cannot be read as an image ({error})") from error
-
-
-def driving_track(args: argparse.Namespace, detector):
-    from .keypoints import extract_track_from_video, load_any_track
-
-    if args.kps:
-        track = load_any_track(args.kps)
-        if args.kps_fps:
-            from dataclasses import replace
-
-            track = replace(track, fps=args.kps_fps)
-        return track
-    if args.driving_video:
-        return extract_track_from_video(args.driving_video, detector, args.face_index)
-    return None
-
-
 def distributed_state():
     """accelerate's process state under `accelerate launch` with several processes, else None."""
     import os
@@ -116,17 +64,37 @@ def distributed_state():
     return PartialState()
 
 
+def face_margin(args: argparse.Namespace) -> float:
+    """--face-margin, or its default for the mode: the full-frame framing's with --paste-back/--dub,
+    else Load Reference's (for --crop face)."""
+    from .framing.commands import is_full_frame
+    from .framing.plan import DEFAULT_MARGIN
+
+    if args.face_margin is not None:
+        return args.face_margin
+    return DEFAULT_MARGIN if is_full_frame(args) else DEFAULT_FACE_MARGIN
+
+
 def run_generate(args: argparse.Namespace) -> Path:
+    from .framing.commands import is_full_frame, run_full_frame
+
+    args = argparse.Namespace(**{**vars(args), "face_margin": face_margin(args)})
+    if is_full_frame(args):
+        return run_full_frame(args)
+    if not args.reference:
+        raise ValueError("generate needs a portrait: --reference PHOTO (or --dub VIDEO to re-voice a video)")
     from .audio import load_audio
     from .checkpoint import load_models
-    from .keypoints import make_detector, output_track, reference_keypoints
-    from .offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
-    from .pipeline import denoise, encode_speech, prepare_reference, resized_reference, write_video
+    from .detectors import make_detector
+    from .offload import DENOISING_NETWORKS, placed
+    from .orchestration import (Framing, driving_track, framed_reference, generation_settings, reference_phase,
+                                speech_phase, track_phase, video_phase)
+    from .pipeline import denoise
     from .video import check_output_path
 
     settings = settings_from(args)
+    framing = Framing(args.crop, args.face_margin, args.face_index)
     out = check_output_path(args.out)
-    retarget = args.retarget or ("naive_retarget" if (args.kps or args.driving_video) else "fix_face")
     state = distributed_state()
     device = args.device or (str(state.device) if state else default_device())
     image = read_image(args.reference)
@@ -134,31 +102,33 @@ def run_generate(args: argparse.Namespace) -> Path:
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
     detector = make_detector(args.detector, args.models)
-    kps = reference_keypoints(resized_reference(image, settings.width, settings.height), detector, args.face_index)
-    driving = driving_track(args, detector)
+    framed = framed_reference(image, settings.width, settings.height, detector, framing)
+    driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index)
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
-    with placed(models, REFERENCE_NETWORKS, run_device, idle_device) as active:
-        reference = prepare_reference(active, image, settings.width, settings.height)
-    with placed(models, SPEECH_NETWORKS, run_device, idle_device) as active:
-        speech = encode_speech(active, waveform, settings.fps, name=str(args.audio))
-    track = output_track(kps, driving, settings.width, settings.height, speech.num_frames,
-                         retarget, args.kps_resample, settings.fps)
+
+    def using(names):
+        return placed(models, names, run_device, idle_device)
+
+    reference = reference_phase(using, framed)
+    speech = speech_phase(using, waveform, settings.fps, name=str(args.audio))
+    track = track_phase(reference, speech, driving, args.retarget, args.kps_resample)
     if state is not None and not state.is_main_process:
-        with placed(models, DENOISING_NETWORKS, run_device, idle_device) as active:
-            denoise(active, reference, speech, track, settings)  # this process's share of the windows
+        with using(DENOISING_NETWORKS) as active:  # this process's share of the windows
+            denoise(active, reference.reference, speech, track, generation_settings(reference, speech, settings))
         return out
     bar, update = progress_bar(settings, speech.num_frames)
-    with bar, placed(models, DENOISING_NETWORKS + DECODING_NETWORKS, run_device, idle_device) as active:
-        write_video(active, reference, speech, track, settings, out, callback=update)
+    with bar:
+        video_phase(using, reference, speech, track, settings, out, callback=update)
     print(f"wrote {out}: {speech.num_frames} frames at {settings.fps} fps")
     return out
 
 
 def run_demo(args: argparse.Namespace) -> Path:
-    from .audio import DEMO_SPEECH, load_audio
+    from .audio import load_audio
     from .checkpoint import load_models
-    from .keypoints import load_demo_portrait, output_track
-    from .pipeline import GenerationSettings, encode_speech, prepare_reference, write_video
+    from .demo import DEMO_SPEECH, load_demo_portrait
+    from .orchestration import framed_reference, reference_phase, speech_phase, track_phase, using_models, video_phase
+    from .pipeline import GenerationSettings
     from .tiny import make_tiny_models
     from .video import check_output_path
 
@@ -169,20 +139,21 @@ def run_demo(args: argparse.Namespace) -> Path:
     settings = GenerationSettings(width=args.size, height=args.size, steps=args.steps, seed=args.seed)
     portrait, portrait_kps = load_demo_portrait()
     with tempfile.TemporaryDirectory() as tmp:
-        models = load_models(make_tiny_models(Path(tmp) / "models", seed=args.seed))
-    reference = prepare_reference(models, portrait, settings.width, settings.height)
-    scale = np.array([settings.width / portrait.shape[1], settings.height / portrait.shape[0]], np.float32)
-    speech = encode_speech(models, load_audio(DEMO_SPEECH), settings.fps)
-    track = output_track(portrait_kps * scale, None, settings.width, settings.height, speech.num_frames, "fix_face", fps=settings.fps)
+        using = using_models(load_models(make_tiny_models(Path(tmp) / "models", seed=args.seed)))
+    framed = framed_reference(portrait, settings.width, settings.height, None, keypoints=portrait_kps)
+    reference = reference_phase(using, framed)
+    speech = speech_phase(using, load_audio(DEMO_SPEECH), settings.fps)
+    track = track_phase(reference, speech, None, "fix_face")
     bar, update = progress_bar(settings, speech.num_frames)
     with bar:
-        write_video(models, reference, speech, track, settings, out, callback=update)
+        video_phase(using, reference, speech, track, settings, out, callback=update)
     print(f"wrote {out}: {speech.num_frames} frames, {settings.width}x{settings.height}, {settings.fps} fps, with the demo speech")
     return out
 
 
 def run_extract(args: argparse.Namespace) -> Path:
-    from .keypoints import extract_track_from_video, make_detector, save_track
+    from .detectors import extract_track_from_video, make_detector
+    from .keypoints import save_track
 
     detector = make_detector(args.detector, args.models)
     with tqdm(desc="detecting faces", unit="frame") as bar:
@@ -227,13 +198,15 @@ def run_download(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .framing.commands import add_framing_options
+
     main = argparse.ArgumentParser(prog="python -m vexpress_core", description="V-Express talking-head generation")
     commands = main.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="photo + speech (+ driving keypoints) -> mp4")
     generate.add_argument("--models", required=True, help="model directory in the published model_ckpts layout")
     generate.add_argument("--weights", help="folder with the five V-Express files (e.g. a training checkpoint)")
-    generate.add_argument("--reference", required=True, help="portrait image")
+    generate.add_argument("--reference", help="portrait image (with --dub: optional, a photo to use as the face)")
     generate.add_argument("--audio", required=True, help="speech: any audio file or a video's soundtrack")
     driving = generate.add_mutually_exclusive_group()
     driving.add_argument("--kps", help="keypoint track: published kps.pth, or .npz/.json from extract-kps")
@@ -243,8 +216,13 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--kps-resample", choices=RESAMPLE_MODES.names(), help="default: time when the track knows its fps")
     generate.add_argument("--kps-fps", type=float, help="fps of a published kps.pth track (enables time resampling)")
     generate.add_argument("--face-index", type=int, help="face to use, counted from the left (default: largest)")
+    generate.add_argument("--crop", choices=CROP_MODES.names(), default=DEFAULT_CROP,
+                          help="center: largest centred crop of the output aspect; face: around the detected face "
+                               "with --face-margin; stretch: resize the whole photo (published)")
     generate.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     add_generation_options(generate)
+    add_framing_options(generate)
+    generate.set_defaults(face_margin=None)  # per mode, see face_margin()
     generate.add_argument("--out", required=True, help="output .mp4")
     generate.set_defaults(run=run_generate)
 

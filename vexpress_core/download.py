@@ -3,16 +3,22 @@
 Only the files V-Express loads are fetched (about 9.7 GB of the repository instead of all of it):
 the five V-Express networks, the SD1.5 UNet config, the VAE and wav2vec2 (config + one weights
 file each, safetensors preferred), and optionally insightface's buffalo_l pack. Files land in a
-hidden `.<name>.download/` folder (kept after a failure or a cancel, so the next attempt resumes
-where this one stopped), are assembled into the published layout in `.<name>.assemble/`, and only a
+hidden `.<name>.download/` folder (kept after a failure or a cancel, so the next attempt resumes:
+finished files are never fetched again, and huggingface_hub < 1.0 also continues a partial file
+from its last 10 MB chunk), are assembled into the published layout in `.<name>.assemble/`, and only a
 complete, strictly loadable folder is renamed to `<name>/`: a half model never appears under its
 name. Optionally the five networks are stored as fp16 safetensors (about half the disk).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -125,21 +131,17 @@ def total_size(files: list[RemoteFile]) -> int:
     return sum(remote.size or 0 for remote in files)
 
 
-def stoppable_tqdm(stop: threading.Event) -> type:
-    """A silent tqdm class for huggingface_hub whose every update raises once `stop` is set."""
-    from huggingface_hub.utils import tqdm as hub_tqdm
-
-    class StoppableTqdm(hub_tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-        def update(self, n=1):
-            if stop.is_set():
-                raise DownloadCancelled("download cancelled")
-            return super().update(n)
-
-    return StoppableTqdm
+# The download runs in a child process: stopping it is then immediate and the same for every
+# huggingface_hub version (older ones resume a partial file from its bytes, newer ones restart it).
+CHILD_DOWNLOAD = """
+import json, sys
+from huggingface_hub import snapshot_download
+args = json.loads(sys.argv[1])
+snapshot_download(args["repo_id"], revision=args["revision"], allow_patterns=args["patterns"], local_dir=args["local_dir"], max_workers=4)
+"""
+# huggingface_hub >= 1.x writes each attempt to `<name>.<8 hex>.incomplete` and deletes it itself unless
+# killed; such a file can never be resumed, so a stopped download removes it.
+UNRESUMABLE_PARTIAL = re.compile(r"\.[0-9a-f]{8}\.incomplete$")
 
 
 class HubClient:
@@ -151,11 +153,26 @@ class HubClient:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
         return {sibling.rfilename: sibling.size for sibling in info.siblings}
 
-    def download(self, repo_id: str, revision: str | None, allow_patterns: list[str], local_dir: Path, tqdm_class: type) -> None:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns, local_dir=str(local_dir),
-                          tqdm_class=tqdm_class, max_workers=4)
+    def download(self, repo_id: str, revision: str | None, allow_patterns: list[str], local_dir: Path,
+                 stop: threading.Event) -> None:
+        """snapshot_download in a child process, terminated as soon as `stop` is set."""
+        arguments = json.dumps({"repo_id": repo_id, "revision": revision, "patterns": allow_patterns, "local_dir": str(local_dir)})
+        environment = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        with tempfile.TemporaryFile() as errors:
+            child = subprocess.Popen([sys.executable, "-c", CHILD_DOWNLOAD, arguments], stdout=subprocess.DEVNULL,
+                                     stderr=errors, env=environment)
+            while child.poll() is None:
+                if stop.wait(POLL_SECONDS):
+                    child.terminate()
+                    child.wait()
+                    for partial in Path(local_dir).rglob("*.incomplete"):
+                        if UNRESUMABLE_PARTIAL.search(partial.name):
+                            partial.unlink(missing_ok=True)
+                    raise DownloadCancelled("download cancelled")
+            if child.returncode != 0:
+                errors.seek(0)
+                lines = [line for line in errors.read().decode(errors="replace").splitlines() if line.strip()]
+                raise RuntimeError(lines[-1] if lines else f"the download process exited with {child.returncode}")
 
 
 def manual_steps(model: KnownModel, target: Path) -> str:
@@ -192,8 +209,8 @@ def fetch_files(hub, model: KnownModel, files: list[RemoteFile], folder: Path, p
     """Download `files` into `folder` on a worker thread while this thread reports bytes and checks cancel.
 
     Progress and cancel run on the caller's thread (ComfyUI's progress hook needs the executing node's
-    context). On cancel - or any exception from `progress` - the worker is told to stop at its next
-    progress update and this call returns at once."""
+    context). On cancel - or any exception from `progress` - the worker is told to stop and this call
+    returns at once."""
     key = str(folder.resolve())
     previous = _workers.get(key)
     if previous is not None:
@@ -203,7 +220,7 @@ def fetch_files(hub, model: KnownModel, files: list[RemoteFile], folder: Path, p
 
     def work() -> None:
         try:
-            hub.download(model.repo_id, model.revision, [f.repo_path for f in files], folder, stoppable_tqdm(stop))
+            hub.download(model.repo_id, model.revision, [f.repo_path for f in files], folder, stop)
         except BaseException as error:  # reported on the caller's thread
             outcome["error"] = error
 

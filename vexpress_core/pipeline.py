@@ -19,56 +19,10 @@ from .checkpoint import VExpressModels
 from .frame_cache import DEFAULT_BUDGET_MB, FrameCache
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, blend_weights, check_context, context_windows, make_scheduler, sample
+from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, accumulation_dtype,
+                       check_context, context_windows, make_scheduler, sample)
+from .settings import GenerationSettings
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
-
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Defaults are the published ones."""
-
-    width: int = 512
-    height: int = 512
-    fps: float = 30.0
-    steps: int = 25
-    guidance_scale: float = 3.5
-    reference_weight: float = 0.95
-    audio_weight: float = 3.0
-    context_frames: int = 24
-    context_overlap: int = 4
-    blend: str = "mean"
-    scheduler: str = "ddim"
-    seed: int = 42
-    eta: float = 0.0
-    num_pad_audio_frames: int = 2
-    window_batch: int | str = "auto"
-    decode_chunk: int | str = "auto"
-    deflicker: bool = True
-    cache_reference_kv: bool = True
-    latents_on_host: bool = False
-    compile: bool = False
-    vae_tiling: bool = False
-    conditioning_budget_mb: int = DEFAULT_BUDGET_MB
-
-    def __post_init__(self) -> None:
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value < 8 or value % 8:
-                raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
-        if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.window_batch != "auto" and (not isinstance(self.window_batch, int) or self.window_batch < 1):
-            raise ValueError(f"window_batch must be 'auto' or at least 1, got {self.window_batch!r}")
-        if self.decode_chunk != "auto" and (not isinstance(self.decode_chunk, int) or self.decode_chunk < 1):
-            raise ValueError(f"decode_chunk must be 'auto' or at least 1, got {self.decode_chunk!r}")
-        if self.conditioning_budget_mb < 0:
-            raise ValueError(f"conditioning_budget_mb must be 0 or more, got {self.conditioning_budget_mb}")
-        check_context(self.context_frames, self.context_overlap)
-        make_scheduler(self.scheduler)
-        blend_weights(self.blend, 1)
 
 
 @dataclass
@@ -164,10 +118,25 @@ def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int,
     return FrameCache(features, len(track), 2, budget_bytes)
 
 
-def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4) -> torch.Tensor:
-    """The published noise: torch.randn on the CPU in fp32 from a seeded generator."""
+def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4,
+                    scale_factor: int = 8, *, dtype: torch.dtype = torch.float32, encoder_layers: int = 0) -> torch.Tensor:
+    """The published CLI's noise for `seed`: torch.randn on the CPU in the model's dtype, drawn
+    after one torch.rand([]) per wav2vec2 encoder layer (see `published_noise_draws`). Drawn from
+    a generator of its own; torch's global generator is left alone. Defaults: the published
+    model's latent channels and VAE scale factor."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn([1, channels, num_frames, height // 8, width // 8], generator=generator)
+    for _ in range(encoder_layers):
+        torch.rand([], generator=generator)
+    return torch.randn([1, channels, num_frames, height // scale_factor, width // scale_factor],
+                       generator=generator, dtype=dtype)
+
+
+def published_noise_draws(models: VExpressModels) -> int:
+    """How many draws the published CLI takes from its seeded generator before the noise: it seeds
+    torch's global generator, encodes the audio, then draws the noise; with its pinned
+    transformers (4.41.1) wav2vec2's encoder draws one torch.rand([]) per layer (the layer-drop
+    check) even in eval mode - 12 for wav2vec2-base-960h."""
+    return models.audio_encoder.config.num_hidden_layers
 
 
 # Rough activation memory of one window in the denoising UNet, in multiples of one CFG-doubled
@@ -218,17 +187,29 @@ def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) 
         raise ValueError(f"keypoint track is in {track.frame_size} pixels, the output is {(width, height)}; scale it first")
 
 
+def check_model_limits(models: VExpressModels, settings: GenerationSettings) -> None:
+    """The settings against the loaded networks' own limits: motion length, VAE scale factor."""
+    check_context(settings.context_frames, settings.context_overlap, models.motion_length)
+    factor = models.vae_scale_factor
+    for name in ("width", "height"):
+        if getattr(settings, name) % factor:
+            raise ValueError(f"{name} must be a multiple of {factor} (the VAE's scale factor), got {getattr(settings, name)}")
+
+
 @torch.no_grad()
 def denoise(models: VExpressModels, reference: Reference, speech: Speech, track: KeypointTrack,
             settings: GenerationSettings, latents: torch.Tensor | None = None,
             callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Final latents [1, 4, F, H/8, W/8] (float32; in host memory with `latents_on_host`, else on the
+    """Final latents [1, 4, F, H/8, W/8] (in the UNet's dtype, at least float32; in host memory with `latents_on_host`, else on the
     models' device)."""
     width, height, num_frames = settings.width, settings.height, speech.num_frames
     check_track(track, num_frames, width, height)
+    check_model_limits(models, settings)
+    channels, factor = models.latent_channels, models.vae_scale_factor
     if latents is None:
-        latents = initial_latents(settings.seed, num_frames, width, height)
-    expected = (1, models.denoising_unet.config.in_channels, num_frames, height // 8, width // 8)
+        latents = initial_latents(settings.seed, num_frames, width, height, channels, factor,
+                                  dtype=models.denoising_unet.dtype, encoder_layers=published_noise_draws(models))
+    expected = (1, channels, num_frames, height // factor, width // factor)
     if tuple(latents.shape) != expected:
         raise ValueError(f"initial latents have shape {tuple(latents.shape)}, expected {expected}")
     budget = settings.conditioning_budget_mb * 2**20
@@ -241,7 +222,7 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
                               settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
     generator = torch.Generator(device=models.device).manual_seed(settings.seed)
-    latents = latents.to(torch.float32)
+    latents = latents.to(accumulation_dtype(models.denoising_unet.dtype))
     if settings.latents_on_host:
         latents = latents.pin_memory() if models.device.type == "cuda" else latents
     else:
@@ -256,7 +237,7 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
 @torch.no_grad()
 def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8,
                    cancel: Callable[[], bool] | None = None, tiled: bool = False) -> Iterator[torch.Tensor]:
-    """Frames [n, 3, H, W] in [0, 1] (float32, CPU), `chunk` frames per VAE call (spatially tiled
+    """Frames [n, 3, H, W] in [0, 1] (CPU; the VAE's dtype, at least float32), `chunk` frames per VAE call (spatially tiled
     with `tiled`, for large sizes on small GPUs); `cancel()` is checked before every call and
     raises `Cancelled`."""
     vae = models.vae
@@ -266,7 +247,7 @@ def decoded_chunks(models: VExpressModels, latents: torch.Tensor, chunk: int = 8
             raise Cancelled(f"cancelled while decoding frame {start + 1}/{frames.shape[0]}")
         piece = (frames[start:start + chunk] * (1 / vae.config.scaling_factor)).to(vae.device, vae.dtype)
         images = vae.tiled_decode(piece).sample if tiled else vae.decode(piece).sample
-        yield (images / 2 + 0.5).clamp(0, 1).float().cpu()
+        yield (images.to(accumulation_dtype(vae.dtype)) / 2 + 0.5).clamp(0, 1).cpu()
 
 
 def frames_hwc(chunks: Iterator[torch.Tensor], deflicker: bool) -> Iterator[np.ndarray]:

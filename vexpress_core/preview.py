@@ -59,23 +59,19 @@ def window_preview(progress: Progress, max_side: int = MAX_PREVIEW_SIDE) -> Imag
     return contact_sheet(latents_to_rgb(progress.denoised()), max_side)
 
 
-def with_previews(callback: Callable[[Progress], None] | None, show: Callable[[Progress, Image.Image], None],
-                  per_second: float = PREVIEWS_PER_SECOND, max_side: int = MAX_PREVIEW_SIDE,
-                  clock: Callable[[], float] = time.monotonic) -> Callable[[Progress], None]:
-    """A sampler callback that forwards every Progress to `callback` and, at most `per_second` times a
-    second (and always for the last window of the last step), calls `show(progress, picture)`."""
+def with_previews(show: Callable[[Progress, Image.Image | None], None], per_second: float = PREVIEWS_PER_SECOND,
+                  max_side: int = MAX_PREVIEW_SIDE, clock: Callable[[], float] = time.monotonic) -> Callable[[Progress], None]:
+    """A sampler callback calling `show(progress, picture)` for every Progress: with the window's picture at
+    most `per_second` times a second (and always for the last window of the last step), else with None."""
     interval = 1.0 / per_second if per_second > 0 else math.inf
     last = [-math.inf]
 
     def update(progress: Progress) -> None:
-        if callback is not None:
-            callback(progress)
         now = clock()
         final = progress.step + 1 == progress.num_steps and progress.window == progress.num_windows
-        if now - last[0] >= interval or final:
-            picture = window_preview(progress, max_side)
-            if picture is not None:
-                last[0] = now
-                show(progress, picture)
+        picture = window_preview(progress, max_side) if now - last[0] >= interval or final else None
+        if picture is not None:
+            last[0] = now
+        show(progress, picture)
 
     return update

@@ -18,6 +18,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 
 from .registry import Registry
 
+# The published motion modules' length: the bound of settings and UI widgets before a model is
+# loaded. Sampling also checks the loaded UNet's own length (VExpressModels.motion_length).
 MAX_CONTEXT_FRAMES = 32
 
 SCHEDULER_CONFIG = {
@@ -47,13 +49,19 @@ class Cancelled(RuntimeError):
     """Raised when the cancel check asks the sampler to stop."""
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where predictions and latents are combined: the model's dtype, at least float32 (fp16 and
+    bf16 models accumulate in float32, float64 models stay float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def make_scheduler(name: str = "ddim"):
     return SCHEDULERS[name]()
 
 
-def check_context(context_frames: int, context_overlap: int) -> None:
-    if not 1 <= context_frames <= MAX_CONTEXT_FRAMES:
-        raise ValueError(f"context_frames must be in 1..{MAX_CONTEXT_FRAMES} (the motion modules' position code), got {context_frames}")
+def check_context(context_frames: int, context_overlap: int, motion_length: int = MAX_CONTEXT_FRAMES) -> None:
+    if not 1 <= context_frames <= motion_length:
+        raise ValueError(f"context_frames must be in 1..{motion_length} (the motion modules' position code), got {context_frames}")
     if not 0 <= context_overlap < context_frames:
         raise ValueError(f"context_overlap must be in 0..context_frames-1 ({context_frames - 1}), got {context_overlap}")
 
@@ -83,7 +91,7 @@ def mean_weights(length: int) -> torch.Tensor:
 @BLEND_WEIGHTS.register("ramp")
 def ramp_weights(length: int) -> torch.Tensor:
     """A triangular ramp, so frames near a window's edge count less than those at its centre."""
-    positions = torch.arange(length, dtype=torch.float32)
+    positions = torch.arange(length, dtype=torch.float64)
     return torch.minimum(positions + 1, length - positions) / math.ceil(length / 2)
 
 
@@ -179,7 +187,7 @@ class GuidedDenoiser:
             batch, timestep, audio.flatten(0, 1), self._reference(len(windows)), kps,
             reference_weight=self.reference_weight, audio_weight=self.audio_weight,
             zero_context_videos=len(windows) if self.shortcut else 0,
-        ).float()
+        ).to(accumulation_dtype(dtype))
         if self.guided:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
@@ -235,15 +243,15 @@ def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep
                        on_prediction: Callable[[Sequence[int], torch.Tensor], None] | None = None) -> torch.Tensor:
     """Every frame's prediction: the weighted mean over the windows that cover it. `on_prediction(window,
     prediction)` sees each window's own prediction before `on_window(done)` counts it."""
-    total = torch.zeros_like(latents, dtype=torch.float32)
-    weight_sum = torch.zeros(latents.shape[2], device=latents.device)
+    total = torch.zeros_like(latents, dtype=accumulation_dtype(latents.dtype))
+    weight_sum = torch.zeros(latents.shape[2], device=latents.device, dtype=total.dtype)
     done = 0
     for index, group in enumerate(window_batches(windows, window_batch)):
         if not shard.owns(index):
             continue
         predictions = denoiser(latents, timestep, group)
         for window, prediction in zip(group, predictions):
-            weights = blend_weights(blend, len(window)).to(latents.device)
+            weights = blend_weights(blend, len(window)).to(latents.device, total.dtype)
             total[0, :, window] += prediction * weights[None, :, None, None]
             weight_sum[window] += weights
             done += 1

@@ -10,6 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import torch
 
@@ -339,3 +340,25 @@ def probe_video(path: str | Path) -> dict:
             "height": stream.codec_context.height,
             "audio_streams": len(container.streams.audio),
         }
+
+
+def read_video_frames(path: str | Path, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """RGB uint8 frames of a video, optionally resized to size = (width, height)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            image = frame.to_ndarray(format="rgb24")
+            if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+                image = cv2.resize(image, tuple(size))
+            yield image
+
+
+def video_fps_and_length(path: str | Path) -> tuple[float, int | None]:
+    """(frames per second, frame count or None when the container does not say) of a video."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise ValueError(f"{path}: the video stream has no frame rate")
+        return float(rate), (stream.frames or None)

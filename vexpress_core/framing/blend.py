@@ -15,6 +15,7 @@ HEAD_WIDTH = 1.3  # the mask's ellipse is this x the face box wide ...
 HEAD_HEIGHT = 1.3  # ... and this x as tall ...
 HEAD_RISE = 0.08  # ... centred this x the face height above the face box's centre (hair, forehead)
 STD_RATIO_LIMITS = (0.5, 2.0)  # the colour match never scales contrast beyond these
+RING_SAMPLES = 20000  # ring pixels the colour statistics are measured on
 
 
 @functools.lru_cache(maxsize=16)
@@ -52,14 +53,11 @@ def head_mask(width: int, height: int, face_box: np.ndarray, feather: float) -> 
     return _mask_and_ring(int(width), int(height), face, feather_px)
 
 
-def _lab(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-
-
 class ColourMatch:
-    """Matches the generated crop's per-channel mean and std in CIELAB to the original's, both
-    measured on the seam ring. `memory` in [0, 1) smooths the statistics over frames (0 = each
-    frame on its own); `reset()` at a shot change."""
+    """Matches the generated crop's per-channel mean and std in CIELAB to the original's, measured
+    on samples of the seam ring. `memory` in [0, 1) smooths the statistics over frames (0 = each
+    frame on its own); `reset()` at a shot change. Works on OpenCV's 8-bit Lab with one lookup
+    table per channel (the change is affine per channel), on the crop before it is enlarged."""
 
     def __init__(self, memory: float = 0.0):
         if not 0.0 <= memory < 1.0:
@@ -70,20 +68,35 @@ class ColourMatch:
     def reset(self) -> None:
         self._stats = None
 
-    def __call__(self, generated: np.ndarray, original: np.ndarray, ring: np.ndarray) -> np.ndarray:
-        if not ring.any():
-            return generated
-        generated_lab = _lab(generated)
-        samples = (generated_lab[ring], _lab(original[ring][None])[0])
+    def __call__(self, crop: np.ndarray, crop_samples: np.ndarray, original_samples: np.ndarray) -> np.ndarray:
+        """`crop` (uint8 RGB) recoloured so that its ring samples (uint8 [N,3]) match the original's."""
+        if len(crop_samples) == 0:
+            return crop
+        samples = [cv2.cvtColor(s[None], cv2.COLOR_RGB2Lab)[0].astype(np.float64)
+                   for s in (crop_samples, original_samples)]
         stats = np.stack([np.stack([s.mean(0), s.std(0)]) for s in samples])  # [2 images, mean/std, 3]
         if self._stats is not None:
             stats = self.memory * self._stats + (1 - self.memory) * stats
         self._stats = stats
         (mean_g, std_g), (mean_o, std_o) = stats
         gain = np.clip(std_o / np.maximum(std_g, 1e-3), *STD_RATIO_LIMITS)
-        matched = (generated_lab - mean_g) * gain + mean_o
-        rgb = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2RGB) * 255.0
-        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        levels = np.arange(256, dtype=np.float64)[:, None]
+        table = np.clip(np.rint((levels - mean_g) * gain + mean_o), 0, 255).astype(np.uint8)
+        return cv2.cvtColor(cv2.LUT(cv2.cvtColor(crop, cv2.COLOR_RGB2Lab), table[None]), cv2.COLOR_Lab2RGB)
+
+
+def _ring_samples(ring: np.ndarray, box: tuple[int, int, int, int], canvas_size: tuple[int, int],
+                  crop_size: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Up to RING_SAMPLES ring pixels inside the canvas: (rows, cols) in the canvas and in the crop."""
+    left, top, width, height = box
+    ys, xs = np.nonzero(ring)
+    step = max(1, len(ys) // RING_SAMPLES)
+    ys, xs = ys[::step], xs[::step]
+    visible = (ys + top >= 0) & (ys + top < canvas_size[1]) & (xs + left >= 0) & (xs + left < canvas_size[0])
+    ys, xs = ys[visible], xs[visible]
+    crop_rows = np.minimum(((ys + 0.5) * crop_size[1] / height).astype(np.int64), crop_size[1] - 1)
+    crop_cols = np.minimum(((xs + 0.5) * crop_size[0] / width).astype(np.int64), crop_size[0] - 1)
+    return (ys + top, xs + left), (crop_rows, crop_cols)
 
 
 def paste_into(canvas: np.ndarray, generated: np.ndarray, plan: CropPlan, index: int,
@@ -91,7 +104,8 @@ def paste_into(canvas: np.ndarray, generated: np.ndarray, plan: CropPlan, index:
     """Blends the generated crop (uint8 [H,W,3] at the plan's crop size) into `canvas`, the
     original frame `index` (uint8 [h,w,3], possibly cut to an even size), in place. Pixels where
     the mask is 0 keep their value exactly; parts of the box outside the canvas are dropped."""
-    left, top, width, height = pixel_box(plan.boxes[index])
+    box = pixel_box(plan.boxes[index])
+    left, top, width, height = box
     face = plan.face_boxes[index] - np.array([left, top, left, top])
     mask, ring = head_mask(width, height, face, feather)
     x0, y0 = max(left, 0), max(top, 0)
@@ -99,13 +113,15 @@ def paste_into(canvas: np.ndarray, generated: np.ndarray, plan: CropPlan, index:
     if x1 <= x0 or y1 <= y0:
         return
     inside = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-    original = canvas[y0:y1, x0:x1]
     ys, xs = np.nonzero(mask[inside].any(axis=1))[0], np.nonzero(mask[inside].any(axis=0))[0]
     if len(ys) == 0:
         return
-    update = resized(generated, width, height)[inside]
     if colour is not None:
-        update = colour(update, original, ring[inside])
+        in_canvas, in_crop = _ring_samples(ring, box, (canvas.shape[1], canvas.shape[0]),
+                                           (generated.shape[1], generated.shape[0]))
+        generated = colour(generated, generated[in_crop], canvas[in_canvas])
+    original = canvas[y0:y1, x0:x1]
+    update = resized(generated, width, height)[inside]
     rows, cols = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
     weight = mask[inside][rows, cols, None]
     before = original[rows, cols].astype(np.float32)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..keypoints import Face, FaceDetector, select_face
+from ..detectors import Face, FaceDetector, select_face
 
 PLAN_FORMAT_VERSION = 1
 DEFAULT_MARGIN = 0.3
@@ -196,7 +196,7 @@ def _shot_ids(boxes: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return shots
 
 
-def _filled(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def filled_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Columns of `values` [N,K] at invalid rows interpolated from valid ones (held at the ends)."""
     frames = np.arange(len(values))
     return np.stack([np.interp(frames, frames[valid], values[valid, k]) for k in range(values.shape[1])], axis=-1)
@@ -257,7 +257,7 @@ def plan_from_observations(observations: FaceObservations, crop_size: tuple[int,
         detected = boxes[rows][shot_valid]
         face_width = float(np.quantile(detected[:, 2] - detected[:, 0], FACE_SIZE_QUANTILE))
         face_height = float(np.quantile(detected[:, 3] - detected[:, 1], FACE_SIZE_QUANTILE))
-        centres = _filled((boxes[rows, :2] + boxes[rows, 2:]) / 2, shot_valid)
+        centres = filled_gaps((boxes[rows, :2] + boxes[rows, 2:]) / 2, shot_valid)
         centres = gaussian_smoothed(centres, sigma)
         width, height = _crop_extent(face_width, face_height, crop_size, margin)
         left = _inside_frame(centres[:, 0] - width / 2, width, frame_width)

@@ -14,6 +14,7 @@ from .plan import CropPlan
 from .resample import crop_frame, even_size
 
 DEFAULT_CHUNK = 8
+CHUNK_BYTES = 256 * 2**20  # fewer frames per chunk when frames are huge (8K: 2)
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,12 @@ def pasted_chunks(generated: Iterable[np.ndarray], originals: Iterable[np.ndarra
                   cancel: Callable[[], bool] | None = None,
                   progress: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
     """Full-resolution uint8 chunks [n, h, w, 3] (size cut to even by `even_size`), at most
-    `settings.chunk` frames each, for generated crops (chunks [n,H,W,3] or frames [H,W,3]) and the
-    original frames they go into (one per output frame; the same array may repeat, as for a photo).
-    Output frame i uses plan entry `plan_indices[i]` (default i). Stops with the shorter input."""
+    `settings.chunk` frames each (fewer when that would pass CHUNK_BYTES), for generated crops
+    (chunks [n,H,W,3] or frames [H,W,3]) and the original frames they go into (one per output
+    frame; the same array may repeat, as for a photo). Output frame i uses plan entry
+    `plan_indices[i]` (default i). Stops with the shorter input."""
     width, height = even_size(*plan.frame_size)
+    chunk = max(1, min(settings.chunk, CHUNK_BYTES // (width * height * 3)))
     colour = ColourMatch(settings.colour_memory) if settings.colour_match else None
     buffer, filled, shot = None, 0, None
     for index, (crop, original) in enumerate(zip(_generated_frames(generated), originals)):
@@ -76,13 +79,13 @@ def pasted_chunks(generated: Iterable[np.ndarray], originals: Iterable[np.ndarra
             colour.reset()
         shot = plan.shots[entry]
         if buffer is None:
-            buffer, filled = np.empty((settings.chunk, height, width, 3), np.uint8), 0
+            buffer, filled = np.empty((chunk, height, width, 3), np.uint8), 0
         buffer[filled] = original[:height, :width]
         paste_into(buffer[filled], crop, plan, entry, settings.feather, colour)
         filled += 1
         if progress is not None:
             progress(index + 1)
-        if filled == settings.chunk:
+        if filled == chunk:
             yield buffer
             buffer = None
     if buffer is not None and filled:

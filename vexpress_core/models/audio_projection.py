@@ -31,10 +31,10 @@ class PerceiverAttention(nn.Module):
         query = self._split_heads(self.to_q(latents))
         key, value = self.to_kv(torch.cat([inputs, latents], dim=-2)).chunk(2, dim=-1)
         key, value = self._split_heads(key), self._split_heads(value)
-        # Scaling q and k separately keeps fp16 products in range; softmax in fp32 for the same reason.
+        # Scaling q and k separately keeps fp16 products in range; softmax in fp32 (or wider) for the same reason.
         scale = self.dim_head ** -0.25
         weights = (query * scale) @ (key * scale).transpose(-2, -1)
-        weights = torch.softmax(weights.float(), dim=-1).to(weights.dtype)
+        weights = torch.softmax(weights.to(torch.promote_types(weights.dtype, torch.float32)), dim=-1).to(weights.dtype)
         out = (weights @ value).transpose(1, 2).reshape(latents.shape[0], latents.shape[1], -1)
         return self.to_out(out)
 

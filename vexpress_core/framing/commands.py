@@ -1,0 +1,132 @@
+"""`generate --paste-back` and `generate --dub VIDEO`: the command-line side of the full-frame modes."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from .blend import DEFAULT_FEATHER
+from .plan import DEFAULT_MARGIN
+from .stream import PasteSettings
+
+CROP_PLAN_SUFFIX = ".crop_plan.json"
+
+
+def add_framing_options(generate: argparse.ArgumentParser) -> None:
+    group = generate.add_argument_group("full frame in, full frame out")
+    group.add_argument("--paste-back", action="store_true",
+                       help="crop the face out of the full-size --reference photo, animate it and paste the head "
+                            "back: the video has the photo's size (odd sizes lose their last row/column)")
+    group.add_argument("--dub", metavar="VIDEO",
+                       help="video dubbing: VIDEO's faces drive the head and its frames are the canvas; the speech "
+                            "(--audio) replaces its sound. Longer speech plays the video back and forth; the output "
+                            "keeps VIDEO's fps unless --fps is given")
+    group.add_argument("--reference-frame", type=int,
+                       help="with --dub: the frame whose face is the reference (default: the most frontal one); "
+                            "or give a photo with --reference")
+    group.add_argument("--face-margin", type=float, default=DEFAULT_MARGIN,
+                       help=f"room around the face in the crop, as a fraction of the face size on each side "
+                            f"(default {DEFAULT_MARGIN}: the framing V-Express was trained on)")
+    group.add_argument("--feather", type=float, default=DEFAULT_FEATHER,
+                       help=f"width of the soft edge of the pasted head, as a fraction of the crop size "
+                            f"(default {DEFAULT_FEATHER}; 0 = hard edge)")
+    group.add_argument("--color-match", action=argparse.BooleanOptionalAction, default=True,
+                       help="match the generated head's colours to the original around the seam (default on)")
+    group.add_argument("--save-crop-plan", nargs="?", const="", metavar="PATH",
+                       help=f"write the crop plan as JSON (default PATH: the video's name + {CROP_PLAN_SUFFIX})")
+
+
+def is_full_frame(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "paste_back", False) or getattr(args, "dub", None))
+
+
+def check_framing_args(args: argparse.Namespace) -> None:
+    if args.dub and args.paste_back:
+        raise ValueError("--dub already pastes back into the video; drop --paste-back")
+    if args.dub and (args.kps or args.driving_video or args.retarget):
+        raise ValueError("--dub takes the head motion from the dubbed video itself; "
+                         "drop --kps/--driving-video/--retarget")
+    if args.reference_frame is not None and not args.dub:
+        raise ValueError("--reference-frame picks a frame of the --dub video; it needs --dub VIDEO")
+    if args.reference_frame is not None and args.reference:
+        raise ValueError("give either --reference-frame or a --reference photo for dubbing, not both")
+    if args.paste_back and not args.reference:
+        raise ValueError("--paste-back needs the full-size photo as --reference")
+    if not 0 <= args.feather <= 0.5:
+        raise ValueError(f"--feather must be between 0 and 0.5 (a fraction of the crop size), got {args.feather}")
+    if not 0 <= args.face_margin <= 3:
+        raise ValueError(f"--face-margin must be between 0 and 3, got {args.face_margin}")
+
+
+def crop_plan_path(args: argparse.Namespace, out: Path) -> Path | None:
+    if args.save_crop_plan is None:
+        return None
+    return Path(args.save_crop_plan) if args.save_crop_plan else out.with_name(out.stem + CROP_PLAN_SUFFIX)
+
+
+def run_full_frame(args: argparse.Namespace) -> Path:
+    import torch
+    from tqdm import tqdm
+
+    from .. import cli_common as cli
+    from ..orchestration import driving_track
+    from ..audio import SAMPLE_RATE, load_audio
+    from ..checkpoint import load_models
+    from ..dtypes import resolved_dtype
+    from ..detectors import make_detector
+    from ..keypoints import output_track
+    from ..offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
+    from ..pipeline import denoise, encode_speech, prepare_reference, video_chunks
+    from ..video import VideoWriter, check_output_path
+    from .modes import frame_photo, frame_video, full_frame_chunks
+
+    check_framing_args(args)
+    settings = cli.settings_from(args)
+    out = check_output_path(args.out)
+    plan_path = crop_plan_path(args, out)
+    paste = PasteSettings(feather=args.feather, colour_match=args.color_match)
+    detector = make_detector(args.detector, args.models)
+    width, height = settings.width, settings.height
+    waveform = load_audio(args.audio)
+    if args.dub:
+        photo = cli.read_image(args.reference) if args.reference else None
+        with tqdm(desc="finding faces", unit="frame") as bar:
+            def progress(done: int, total: int | None) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            framing = frame_video(args.dub, detector, width, height, args.face_margin, args.face_index,
+                                  args.reference_frame, photo, progress, len(waveform) / SAMPLE_RATE)
+        settings = replace(settings, fps=args.fps or framing.plan.fps)
+    else:
+        framing = frame_photo(cli.read_image(args.reference), detector, width, height, args.face_margin,
+                              args.face_index)
+    device = args.device or cli.default_device()
+    run_device = torch.device(device)
+    idle_device = torch.device("cpu") if args.low_vram else run_device
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
+    with placed(models, REFERENCE_NETWORKS, run_device, idle_device) as active:
+        reference = prepare_reference(active, framing.reference, width, height)
+    with placed(models, SPEECH_NETWORKS, run_device, idle_device) as active:
+        speech = encode_speech(active, waveform, settings.fps, name=str(args.audio))
+    frames = speech.num_frames
+    if framing.video is not None:
+        track = framing.driving_track(frames, settings.fps)
+    else:
+        driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index)
+        retarget = args.retarget or ("naive_retarget" if driving is not None else "fix_face")
+        track = output_track(framing.reference_kps, driving, width, height, frames, retarget,
+                             args.kps_resample, settings.fps)
+    bar, update = cli.progress_bar(settings, frames)
+    with bar, placed(models, DENOISING_NETWORKS + DECODING_NETWORKS, run_device, idle_device) as active:
+        final = denoise(active, reference, speech, track, settings, callback=update)
+        with VideoWriter(out, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
+            crops = video_chunks(active, final, settings)
+            for chunk in full_frame_chunks(crops, framing, frames, settings.fps, paste):
+                writer.write(chunk)
+    if plan_path is not None:
+        framing.plan.save(plan_path)
+    size = "x".join(str(v) for v in framing.plan.frame_size)
+    print(f"wrote {out}: {frames} frames at {settings.fps:g} fps, pasted back into the {size} "
+          f"{'video' if framing.video is not None else 'photo'}")
+    return out
