@@ -694,8 +694,10 @@ def test_sampler_options_default_to_the_published_settings(prepared):
     published = GenerationSettings()
     for name in ("context_frames", "context_overlap", "blend", "window_batch", "decode_chunk", "vae_tiling", "compile"):
         assert getattr(settings, name) == getattr(published, name), name
-    for spec in BY_ID["VExpressWindowOptions"].INPUTS + BY_ID["VExpressMemoryOptions"].INPUTS:
+    for spec in BY_ID["VExpressWindowOptions"].INPUTS:
         assert spec.default == getattr(published, spec.name), spec.name
+    memory_defaults = {spec.name: spec.default for spec in BY_ID["VExpressMemoryOptions"].INPUTS}
+    assert BY_ID["VExpressMemoryOptions"].execute(**memory_defaults)[0] == published.memory  # 0 = "auto"
     chosen = NODES.sampling.generation_settings(reference, speech, **SAMPLER_ARGS, window=WindowSettings(8, 2, "ramp"),
                                                 memory=MemorySettings(window_batch=2, decode_chunk=4, vae_tiling=True),
                                                 low_vram=True)
