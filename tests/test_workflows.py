@@ -403,7 +403,7 @@ def test_api_workflow_runs_on_tiny_model(name, model_root, samples_dir, tmp_path
     assert len(sampler_inputs["kps"]) == frame_count and sampler_inputs["kps"].frame_size == (64, 64)
     options = {"window": sampler_inputs.pop("window_options", None), "memory": sampler_inputs.pop("memory_options", None)}
     settings = NODES.sampling.generation_settings(
-        **{k: v for k, v in sampler_inputs.items() if k not in ("models", "kps")}, **options)
+        **{k: v for k, v in sampler_inputs.items() if k not in ("models", "kps", "previews")}, **options)
     assert (settings.width, settings.height, settings.steps, settings.fps) == (64, 64, 2, fps)
     images, audio, out_fps = results[sampler_id]
     assert images.shape == (frame_count, 64, 64, 3) and out_fps == fps
