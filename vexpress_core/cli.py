@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from .dtypes import AUTO, DTYPES, resolved_dtype
-from .detectors import DETECTORS
+from .detectors import DETECTORS, MissingBackend
 from .keypoints import RESAMPLE_MODES, RETARGET_MODES
 from .orchestration import CROP_MODES, DEFAULT_CROP, DEFAULT_FACE_MARGIN
 from .cli_common import default_device, progress_bar, read_image, settings_from
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, MissingBackend) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

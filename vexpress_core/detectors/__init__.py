@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..registry import Registry
-from .faces import Face, FaceDetector, reference_keypoints, select_face
+from .faces import Face, FaceDetector, MissingBackend, reference_keypoints, select_face
 from .insightface_buffalo import InsightFaceDetector, has_buffalo_l
 from .retinaface_onnx import RetinaFaceDetector
 from .tracks import ProgressCallback, extract_track, extract_track_from_video
@@ -44,6 +44,6 @@ def make_detector(name: str = "auto", model_dir: str | Path | None = None) -> Fa
 
 
 __all__ = [
-    "DETECTORS", "Face", "FaceDetector", "InsightFaceDetector", "ProgressCallback", "RetinaFaceDetector",
+    "DETECTORS", "Face", "FaceDetector", "InsightFaceDetector", "MissingBackend", "ProgressCallback", "RetinaFaceDetector",
     "extract_track", "extract_track_from_video", "has_buffalo_l", "make_detector", "reference_keypoints", "select_face",
 ]

@@ -22,6 +22,10 @@ class Face:
         return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
 
 
+class MissingBackend(RuntimeError):
+    """An optional package a detector runs on (onnxruntime, insightface) is not installed."""
+
+
 class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 [H,W,3] image."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .faces import Face
+from .faces import Face, MissingBackend
 
 
 def _buffalo_l_dir(model_dir: str | Path) -> Path:
@@ -38,7 +38,7 @@ class InsightFaceDetector:
             try:
                 from insightface.app import FaceAnalysis as face_analysis_cls
             except ImportError as error:
-                raise RuntimeError("the insightface detector needs insightface: pip install insightface") from error
+                raise MissingBackend("the insightface detector needs insightface: pip install insightface") from error
         self._app = face_analysis_cls(
             name="buffalo_l",
             root=str(Path(model_dir) / "insightface_models"),

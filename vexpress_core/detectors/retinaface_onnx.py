@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .faces import Face
+from .faces import Face, MissingBackend
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,7 +64,7 @@ class RetinaFaceDetector:
         try:
             import onnxruntime
         except ImportError as error:
-            raise RuntimeError("the retinaface detector needs onnxruntime: pip install onnxruntime") from error
+            raise MissingBackend("the retinaface detector needs onnxruntime: pip install onnxruntime") from error
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         self._session = onnxruntime.InferenceSession(
