@@ -18,6 +18,14 @@ from .cli_common import default_device, progress_bar, read_image, settings_from
 from .sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
 
 
+def window_batch_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of windows >= 1, got {text!r}")
+    return int(text)
+
+
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     from .pipeline import GenerationSettings
 
@@ -32,7 +40,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help=f"frames per window, at most {MAX_CONTEXT_FRAMES} (the published motion modules)")
     parser.add_argument("--context-overlap", type=int, default=defaults.context_overlap)
     parser.add_argument("--blend", choices=BLEND_WEIGHTS.names(), default=defaults.blend, help="how overlapping windows are fused")
-    parser.add_argument("--window-batch", type=int, default=1, help="windows denoised together (more = faster, more memory)")
+    parser.add_argument("--window-batch", type=window_batch_value, default="auto",
+                        help="windows denoised together: a count (more = more memory), or auto (by free GPU memory; 1 on CPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--scheduler", choices=SCHEDULERS.names(), default=defaults.scheduler)
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
