@@ -134,8 +134,8 @@ def main() -> None:
         page.wait_for_timeout(3000)
         page.keyboard.press("Escape")  # a first-run dialog (templates, release notes), if any
         page.add_style_tag(content=".minimap-main-container { display: none !important; }")
-        # No FPS/node-count overlay, and node text drawn at every zoom (LiteGraph drops it below 60 %).
-        page.evaluate("() => { window.app.canvas.show_info = false; window.app.canvas.low_quality_zoom_threshold = 0; }")
+        # No FPS/node-count overlay, and node text drawn at every zoom (LiteGraph drops it when text gets small).
+        page.evaluate("() => { window.app.canvas.show_info = false; window.app.canvas.min_font_size_for_lod = 0; }")
         if args.preview:
             settings = [["VExpressLoadReference", "width", 64], ["VExpressLoadReference", "height", 64],
                         ["VExpressSampler", "steps", 2], ["LoadAudio", "audio", "vexpress_speech_2s.wav"]]
