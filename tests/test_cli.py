@@ -1,6 +1,6 @@
 """`python -m vexpress_core` commands through `cli.main(argv)` on tiny random models.
 
-Not tested beyond argument parsing: `download` (network) and `demo` (slow).
+Not tested beyond argument parsing here: `download` (network); `demo` runs in tests/test_untested_paths.py.
 """
 from __future__ import annotations
 
