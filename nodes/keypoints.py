@@ -38,7 +38,7 @@ class VExpressKpsExtract(Node):
         Float("fps", 30.0, 1.0, 120.0, "Frame rate of the driving frames (Get Video Components' fps). Used by 'time' resampling; typically 24-30.", step=0.01),
         Combo("detector", choices.detector_names, "Face detector. auto = insightface when the model folder has insightface_models/ and the package is installed, else retinaface.", default="auto"),
         Int("face_index", -1, -1, 32, "-1 = the largest face in each frame; 0, 1, ... = faces counted from the left."),
-        Float("smooth", DEFAULT_SMOOTH, 0.0, 3.0, "Jitter smoothing of the detected keypoints (speed-adaptive: fast head moves and blinks stay). 0 = raw detections; 1 = default; up to 3 for a very shaky detector.", step=0.05),
+        Float("smooth", DEFAULT_SMOOTH, 0.0, 3.0, "Jitter smoothing of the detected keypoints (speed-adaptive: fast head moves and blinks stay). 0 = raw detections; 1 = default; up to 3 for a very shaky detector.", step=0.05, optional=True),
         Link("models", MODELS, "Optional: only needed to find insightface_models/ in the model folder.", optional=True),
     )
     OUTPUTS = (Output(KPS, "kps", "The driving keypoint track, in the driving frames' pixels, with their fps."),)
@@ -69,7 +69,7 @@ class VExpressKpsLoad(Node):
     INPUTS = (
         Combo("file", track_files, "A .pth (published kps.pth), .npz or .json track in ComfyUI/input/."),
         Float("fps", 0.0, 0.0, 120.0, "Frame rate of the track; 0 keeps the file's (published kps.pth files have none: then use 'stretch' resampling). Typically 24-30.", step=0.01),
-        Float("smooth", 0.0, 0.0, 3.0, "Jitter smoothing of the loaded track (speed-adaptive: fast head moves and blinks stay). 0 = as in the file; 1 = what V-Kps Extract applies.", step=0.05),
+        Float("smooth", 0.0, 0.0, 3.0, "Jitter smoothing of the loaded track (speed-adaptive: fast head moves and blinks stay). 0 = as in the file; 1 = what V-Kps Extract applies.", step=0.05, optional=True),
     )
     OUTPUTS = (Output(KPS, "kps", "The keypoint track from the file."),)
 
@@ -99,8 +99,8 @@ class VExpressKpsRetarget(Node):
         Link("speech", AUDIO, "From Audio Encode: the number of frames and the fps to resample the track to."),
         Combo("mode", choices.retarget_names, "fix_face (still head, best lip sync), speech_motion (natural head motion from the speech, no driving video), offset_retarget (reference face, gentle head motion), naive_retarget (driving motion scaled to the reference face), no_retarget (driving track as is: faces must line up).", default="fix_face"),
         Combo("resample", choices.resample_names, "How the driving track fits the video length. stretch = spread over the whole video (published); time = play at its own fps, back and forth when shorter; auto = time when the track knows its fps.", default="auto"),
-        Float("motion_scale", 1.0, 0.0, 2.0, "speech_motion: how much the head moves. 0 = still (exactly fix_face); 1 = natural (nose within 8% of the width, roll within 6 degrees); up to 2.", step=0.05),
-        Int("motion_seed", 0, 0, 2**31 - 1, "speech_motion: another seed gives another motion for the same speech."),
+        Float("motion_scale", 1.0, 0.0, 2.0, "speech_motion: how much the head moves. 0 = still (exactly fix_face); 1 = natural (nose within 8% of the width, roll within 6 degrees); up to 2.", step=0.05, optional=True),
+        Int("motion_seed", 0, 0, 2**31 - 1, "speech_motion: another seed gives another motion for the same speech.", optional=True),
         Link("kps", KPS, "Driving track (V-Kps Extract or V-Kps Load). Not needed for fix_face or speech_motion.", optional=True),
     )
     OUTPUTS = (Output(KPS, "kps", "The per-frame keypoints for the Sampler (frame count and size of the output video)."),)
@@ -125,7 +125,7 @@ class VExpressKpsPreview(Node):
         Link("kps", KPS, "Any keypoint track."),
         Int("width", 0, 0, 4096, "Canvas width; 0 = the track's own frame width (with overlay: the images' width). Recommended: the output width (512).", step=8),
         Int("height", 0, 0, 4096, "Canvas height; 0 = the track's own frame height (with overlay: the images' height).", step=8),
-        Boolean("overlay", False, "Draw over `images` (one photo for every frame, or one image per track frame) instead of black."),
+        Boolean("overlay", False, "Draw over `images` (one photo for every frame, or one image per track frame) instead of black.", optional=True),
         Link("images", IMAGE, "For overlay: the reference image (Load Reference's image output) or the driving frames.", optional=True),
     )
     OUTPUTS = (Output(IMAGE, "images", "One drawing per track frame."),)
