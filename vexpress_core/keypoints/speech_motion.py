@@ -22,7 +22,6 @@ from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from ..audio import SAMPLE_RATE
 from .retargeting import RETARGET_MODES, RetargetContext, RetargetMode
-from .track import KeypointTrack
 
 HOP_SECONDS = 0.01
 # Relative to the clip's loud level (95th percentile of frame loudness).
@@ -240,20 +239,6 @@ def speech_motion_points(
         curves = {name: values / (excess * 1.02) for name, values in curves.items()}
         points = posed_keypoints(reference, curves)
     return points.astype(np.float32)
-
-
-def speech_motion_track(
-    reference_kps: np.ndarray,
-    waveform: np.ndarray,
-    frame_size: tuple[int, int],
-    num_frames: int,
-    fps: float,
-    motion_scale: float = 1.0,
-    seed: int = 0,
-) -> KeypointTrack:
-    """`speech_motion_points` as a track of num_frames frames of frame_size (width, height) at fps."""
-    points = speech_motion_points(reference_kps, waveform, num_frames, fps, frame_size[0], motion_scale, seed)
-    return KeypointTrack(points, frame_size, fps)
 
 
 def _retargeted(reference_kps: np.ndarray, driving: None, num_frames: int, context: RetargetContext) -> np.ndarray:
