@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from vexpress_core.audio import waveform_from_comfy
-from vexpress_core.offload import SPEECH_NETWORKS
-from vexpress_core.pipeline import encode_speech
+from vexpress_core.orchestration import speech_phase
 
 from . import runtime
 from .management import ModelHandle
@@ -31,6 +30,6 @@ class VExpressAudioEncode(Node):
     @classmethod
     def execute(cls, models: ModelHandle, audio, fps):
         waveform = waveform_from_comfy(audio)
-        with models.using(SPEECH_NETWORKS) as networks, runtime.interruptible(networks.audio_encoder):
-            speech = encode_speech(networks, waveform, fps)
+        with runtime.interruptible(models.models.audio_encoder):
+            speech = speech_phase(models.using, waveform, fps, name="AUDIO input")
         return (SpeechInput(speech, audio), speech.num_frames, cut_audio(audio, speech.num_frames / fps))

@@ -7,6 +7,7 @@ import torch
 from vexpress_core.dtypes import AUTO, DTYPES
 from vexpress_core.detectors import DETECTORS
 from vexpress_core.keypoints import RESAMPLE_MODES, RETARGET_MODES
+from vexpress_core.orchestration import CROP_MODES
 from vexpress_core.sampling import BLEND_WEIGHTS, SCHEDULERS
 
 
@@ -20,6 +21,10 @@ def dtype(name: str) -> torch.dtype:
 
 def detector_names() -> list[str]:
     return list(DETECTORS.names())
+
+
+def crop_names() -> list[str]:
+    return list(CROP_MODES.names())
 
 
 def retarget_names() -> list[str]:

@@ -1,20 +1,20 @@
 """V-Kps: face keypoint tracks from driving frames or files, retargeted onto the reference, drawn."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import cv2
 import numpy as np
 
 from vexpress_core.detectors import extract_track
-from vexpress_core.keypoints import DEFAULT_SMOOTH, RetargetContext, draw_track, load_any_track, output_track, smoothed_track
+from vexpress_core.keypoints import DEFAULT_SMOOTH, draw_track, smoothed_track
 from vexpress_core.keypoints.preview import overlay_track
+from vexpress_core.orchestration import PreparedReference, driving_track, track_phase
 
 from . import choices, runtime
 from .detectors import detector_for
 from .schema import Boolean, Combo, Float, Int, Link, Node, Output
-from .types import AUDIO, IMAGE, KPS, MODELS, REFERENCE, ReferenceInput, SpeechInput, image_to_uint8, uint8_to_image
+from .types import AUDIO, IMAGE, KPS, MODELS, REFERENCE, SpeechInput, image_to_uint8, uint8_to_image
 
 TRACK_SUFFIXES = (".pth", ".pt", ".npz", ".json")
 
@@ -81,8 +81,7 @@ class VExpressKpsLoad(Node):
 
     @classmethod
     def execute(cls, file, fps, smooth=0.0):
-        track = load_any_track(runtime.annotated_filepath(file))
-        return (smoothed_track(dataclasses.replace(track, fps=fps) if fps > 0 else track, smooth),)
+        return (driving_track(kps_file=runtime.annotated_filepath(file), kps_fps=fps or None, smooth=smooth),)
 
 
 class VExpressKpsRetarget(Node):
@@ -106,12 +105,10 @@ class VExpressKpsRetarget(Node):
     OUTPUTS = (Output(KPS, "kps", "The per-frame keypoints for the Sampler (frame count and size of the output video)."),)
 
     @classmethod
-    def execute(cls, reference: ReferenceInput, speech: SpeechInput, mode, resample, motion_scale=1.0, motion_seed=0,
+    def execute(cls, reference: PreparedReference, speech: SpeechInput, mode, resample, motion_scale=1.0, motion_seed=0,
                 kps=None):
-        context = RetargetContext(speech.speech.waveform, motion_scale=motion_scale, motion_seed=motion_seed)
-        track = output_track(reference.keypoints, kps, reference.width, reference.height, speech.num_frames, mode,
-                             None if resample == choices.AUTO else resample, speech.fps, context=context)
-        return (track,)
+        return (track_phase(reference, speech.speech, kps, mode, None if resample == choices.AUTO else resample,
+                            motion_scale, motion_seed),)
 
 
 class VExpressKpsPreview(Node):

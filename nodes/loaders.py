@@ -1,50 +1,20 @@
 """Loading: the V-Express model folder and the reference portrait."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from vexpress_core.checkpoint import CheckpointError, load_models, resolve_model_paths
-from vexpress_core.detectors import reference_keypoints, select_face
-from vexpress_core.keypoints import crop_box
-from vexpress_core.offload import REFERENCE_NETWORKS
-from vexpress_core.pipeline import prepare_reference, resized_reference
+from vexpress_core.orchestration import DEFAULT_CROP, DEFAULT_FACE_MARGIN, Framing, framed_reference, reference_phase
 
 from . import choices, runtime
 from .detectors import detector_for
+from .fetch import STORAGE_CHOICES, model_choices, model_folder, model_folder_path, model_folders, will_download
 from .management import ModelHandle
 from .schema import Combo, Float, Int, Link, Node, Output
-from .types import IMAGE, MODELS, REFERENCE, ReferenceInput, image_to_uint8, uint8_to_image
+from .types import IMAGE, MODELS, REFERENCE, image_to_uint8, uint8_to_image
 
-CROP_MODES = ("center", "face", "stretch")
 IDLE_CHOICES = ("gpu", "cpu")
-PUBLISHED_LAYOUT = "model_ckpts"
-
-
-def model_folders() -> list[str]:
-    """Subfolders of every registered `models/v-express` folder (each a copy of model_ckpts)."""
-    names = set()
-    for root in runtime.model_roots():
-        if os.path.isdir(root):
-            names.update(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
-    return sorted(names)
-
-
-def model_folder_path(name: str) -> Path:
-    """The model directory for a dropdown entry; a full clone of the Hugging Face repo
-    (`<name>/model_ckpts/...`) works as well as a copy of `model_ckpts` itself."""
-    for root in runtime.model_roots():
-        candidate = Path(root) / name
-        if candidate.is_dir():
-            nested = candidate / PUBLISHED_LAYOUT
-            return nested if (nested / "v-express").is_dir() else candidate
-    roots = ", ".join(runtime.model_roots()) or "ComfyUI/models/v-express"
-    raise CheckpointError(f"V-Express model folder {name!r} not found in {roots}; copy tk93/V-Express's model_ckpts there as {name}/")
-
-
 class VExpressLoadModels(Node):
     DISPLAY_NAME = "Load V-Express Models"
     DESCRIPTION = (
@@ -54,14 +24,17 @@ class VExpressLoadModels(Node):
         "'Unload models' and ComfyUI's memory logic can evict them, and they can offload other models to make room."
     )
     INPUTS = (
-        Combo("model", model_folders, "A subfolder of ComfyUI/models/v-express/ holding the published model_ckpts layout (the example workflows use 'V-Express')."),
+        Combo("model", model_choices, "A subfolder of ComfyUI/models/v-express/ holding the published model_ckpts layout, or 'V-Express' before it is there: then the first run downloads the files V-Express needs from Hugging Face (tk93/V-Express, about 9.7 GB; Cancel stops it, the next run resumes)."),
         Combo("dtype", choices.dtype_names, "Weight precision. auto = fp16 on GPUs that handle it, else bf16/fp32; always fp32 on the CPU. fp16 halves memory (about 4.5 GB for the networks).", default="auto"),
         Combo("keep_idle_on", IDLE_CHOICES, "gpu = networks stay loaded after use until ComfyUI needs the memory (fastest); cpu = each network is on the GPU only while its step runs, and latents wait in host memory (saves VRAM, the published save_gpu_memory idea; about 8 GB peak at 512x512).", default="gpu"),
+        Combo("store_as", STORAGE_CHOICES, "Only when the model is downloaded: keep the five V-Express networks as published (fp32, 9.0 GB) or as fp16 safetensors (4.5 GB, checked to load strictly; what fp16 runs use anyway).", default=STORAGE_CHOICES[0], optional=True),
     )
     OUTPUTS = (Output(MODELS, "models", "The V-Express networks, for Load Reference, Audio Encode and the Sampler."),)
 
     @classmethod
     def validate_inputs(cls, model):
+        if will_download(model):
+            return True
         try:
             resolve_model_paths(model_folder_path(model))
         except CheckpointError as error:
@@ -69,8 +42,8 @@ class VExpressLoadModels(Node):
         return True
 
     @classmethod
-    def execute(cls, model, dtype, keep_idle_on):
-        model_dir = model_folder_path(model)
+    def execute(cls, model, dtype, keep_idle_on, store_as=STORAGE_CHOICES[0]):
+        model_dir = model_folder(model, fp16=store_as == STORAGE_CHOICES[1])
         load_device = runtime.torch_device()
         torch_dtype = runtime.auto_dtype(load_device) if dtype == "auto" else choices.dtype(dtype)
         low_vram = keep_idle_on == "cpu"
@@ -93,8 +66,8 @@ class VExpressLoadReference(Node):
         Link("image", IMAGE, "The portrait (first image of a batch is used). A clear, front-facing face works best."),
         Int("width", 512, 64, 1024, "Output width in pixels, a multiple of 8. Recommended 512 (the training size); 384-640 work.", step=8),
         Int("height", 512, 64, 1024, "Output height in pixels, a multiple of 8. Recommended 512; keep width and height even for H.264.", step=8),
-        Combo("crop", CROP_MODES, "center = largest centred crop of the output aspect; face = crop around the detected face with face_margin; stretch = resize without cropping (the published behaviour).", default="center"),
-        Float("face_margin", 0.6, 0.0, 3.0, "For crop = face: space kept around the face box on each side, as a fraction of the face size. Recommended 0.5-1.0 (head and shoulders).", step=0.05),
+        Combo("crop", choices.crop_names, "center = largest centred crop of the output aspect; face = crop around the detected face with face_margin; stretch = resize without cropping (the published behaviour).", default=DEFAULT_CROP),
+        Float("face_margin", DEFAULT_FACE_MARGIN, 0.0, 3.0, "For crop = face: space kept around the face box on each side, as a fraction of the face size. Recommended 0.5-1.0 (head and shoulders).", step=0.05),
         Combo("detector", choices.detector_names, "Face detector. auto = insightface when <model>/insightface_models/models/buffalo_l and the insightface package exist, else retinaface (bundled, CPU).", default="auto"),
         Int("face_index", -1, -1, 32, "-1 = the largest face; 0, 1, ... = faces counted from the image's left."),
     )
@@ -110,19 +83,8 @@ class VExpressLoadReference(Node):
         for name, value in (("width", width), ("height", height)):
             if value < 8 or value % 8:
                 raise ValueError(f"Load Reference {name} must be a positive multiple of 8, got {value}")
-        picture = image_to_uint8(image[0])
-        face_choice = None if face_index < 0 else face_index
-        finder = detector_for(detector, models.model_dir)
-        aspect = width / height
-        if crop == "face":
-            face = select_face(finder.detect(picture), face_choice, "the reference image")
-            x0, y0, x1, y1 = crop_box((picture.shape[1], picture.shape[0]), aspect, face.bbox, face_margin)
-            picture = picture[y0:y1, x0:x1]
-        elif crop == "center":
-            x0, y0, x1, y1 = crop_box((picture.shape[1], picture.shape[0]), aspect)
-            picture = picture[y0:y1, x0:x1]
-        picture = resized_reference(picture, width, height)
-        keypoints = reference_keypoints(picture, finder, face_choice)
-        with models.using(REFERENCE_NETWORKS) as networks, runtime.interruptible(networks.vae, networks.reference_net):
-            reference = prepare_reference(networks, picture, width, height)
-        return (ReferenceInput(reference, np.asarray(keypoints, np.float32)), uint8_to_image(reference.image[None]))
+        framing = Framing(crop, face_margin, None if face_index < 0 else face_index)
+        framed = framed_reference(image_to_uint8(image[0]), width, height, detector_for(detector, models.model_dir), framing)
+        with runtime.interruptible(models.models.vae, models.models.reference_net):
+            prepared = reference_phase(models.using, framed)
+        return (prepared, uint8_to_image(prepared.reference.image[None]))

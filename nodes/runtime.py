@@ -99,6 +99,15 @@ def empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def preview_size() -> int:
+    """ComfyUI's --preview-size (the longest side of sampler previews), 512 without ComfyUI."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return 512
+    return args.preview_size
+
+
 def check_interrupted() -> bool:
     """Raises ComfyUI's InterruptProcessingException when the user pressed Cancel (/interrupt)."""
     if model_management is not None:
@@ -114,12 +123,14 @@ class Progress:
         self.current = 0
         self._bar = comfy_utils.ProgressBar(self.total) if comfy_utils is not None else None
 
-    def set(self, value: int, total: int | None = None) -> None:
+    def set(self, value: int, total: int | None = None, preview=None) -> None:
+        """`preview`: a PIL image shown on the node (ComfyUI's ("JPEG", image, max size) preview payload)."""
         if total is not None:
             self.total = max(int(total), 1)
         self.current = min(int(value), self.total)
         if self._bar is not None:
-            self._bar.update_absolute(self.current, self.total)
+            payload = None if preview is None else ("JPEG", preview, preview_size())
+            self._bar.update_absolute(self.current, self.total, payload)
 
 
 def frame_progress(total: int) -> Callable[[int, int | None], None]:

@@ -1,12 +1,14 @@
 """The V-Express sampler: reference + speech + keypoint track -> video frames."""
 from __future__ import annotations
 
-from vexpress_core.offload import DECODING_NETWORKS, DENOISING_NETWORKS
-from vexpress_core.pipeline import GenerationSettings, generate
+import dataclasses
+
+from vexpress_core.orchestration import PreparedReference, frames_phase
+from vexpress_core.preview import with_previews
+from vexpress_core.settings import GenerationSettings, MemorySettings, SamplingSettings, WindowSettings
 
 from . import choices, runtime
 from .management import ModelHandle
-from .options import MemoryOptions, WindowOptions
 from .schema import Boolean, Combo, Float, Int, Link, Node, Output
 from .types import (
     AUDIO,
@@ -17,28 +19,23 @@ from .types import (
     MODELS,
     REFERENCE,
     WINDOW_OPTIONS,
-    ReferenceInput,
     SpeechInput,
     cut_audio,
     uint8_to_image,
 )
 
-SAMPLER_NETWORKS = DENOISING_NETWORKS + DECODING_NETWORKS
 
-
-def generation_settings(reference: ReferenceInput, speech: SpeechInput, steps, cfg, reference_weight, audio_weight,
-                        scheduler, seed, deflicker, window: WindowOptions | None = None,
-                        memory: MemoryOptions | None = None, low_vram: bool = False) -> GenerationSettings:
+def generation_settings(reference: PreparedReference, speech: SpeechInput, steps, cfg, reference_weight, audio_weight,
+                        scheduler, seed, deflicker, window: WindowSettings | None = None,
+                        memory: MemorySettings | None = None, low_vram: bool = False) -> GenerationSettings:
     """The core's settings for the sampler's inputs (size from the reference, fps from the speech); validates them.
     `low_vram` keeps the latents in host memory, as the networks are when idle."""
-    window, memory = window or WindowOptions(), memory or MemoryOptions()
-    return GenerationSettings(
-        width=reference.width, height=reference.height, fps=speech.fps, steps=steps, guidance_scale=cfg,
-        reference_weight=reference_weight, audio_weight=audio_weight, context_frames=window.context_frames,
-        context_overlap=window.context_overlap, blend=window.blend, scheduler=scheduler, seed=seed,
-        deflicker=deflicker, window_batch=memory.window_batch, decode_chunk=memory.decode_chunk,
-        vae_tiling=memory.vae_tiling, compile=memory.compile, latents_on_host=low_vram,
-    )
+    memory = memory or MemorySettings()
+    sampling = SamplingSettings(width=reference.width, height=reference.height, fps=speech.fps, steps=steps,
+                                guidance_scale=cfg, reference_weight=reference_weight, audio_weight=audio_weight,
+                                scheduler=scheduler, seed=seed, deflicker=deflicker)
+    return GenerationSettings(sampling, window or WindowSettings(),
+                              dataclasses.replace(memory, latents_on_host=memory.latents_on_host or low_vram))
 
 
 class VExpressSampler(Node):
@@ -63,6 +60,7 @@ class VExpressSampler(Node):
         Boolean("deflicker", True, "Apply the published 3x3x3 median filter over time and space. Recommended on."),
         Link("window_options", WINDOW_OPTIONS, "Optional, from V-Express Window Options. Unconnected: 24 frames per window, overlap 4, mean blend (published).", optional=True),
         Link("memory_options", MEMORY_OPTIONS, "Optional, from V-Express Memory / Speed Options. Unconnected: 1 window per UNet call, 8 frames per VAE decode, no tiling, no compile.", optional=True),
+        Boolean("previews", True, "Show the current window's frames on the node while sampling (a cheap latent-to-RGB projection, no VAE; at most 2 per second, size from ComfyUI's --preview-size). Off = no pictures; the video is the same either way.", optional=True),
     )
     OUTPUTS = (
         Output(IMAGE, "images", "The video frames [F,H,W,3] in 0..1."),
@@ -71,17 +69,19 @@ class VExpressSampler(Node):
     )
 
     @classmethod
-    def execute(cls, models: ModelHandle, reference: ReferenceInput, speech: SpeechInput, kps, steps, cfg,
-                reference_weight, audio_weight, scheduler, seed, deflicker, window_options=None, memory_options=None):
+    def execute(cls, models: ModelHandle, reference: PreparedReference, speech: SpeechInput, kps, steps, cfg,
+                reference_weight, audio_weight, scheduler, seed, deflicker, window_options=None, memory_options=None,
+                previews=True):
         settings = generation_settings(reference, speech, steps, cfg, reference_weight, audio_weight, scheduler, seed,
                                        deflicker, window_options, memory_options, low_vram=models.low_vram)
         bar = runtime.Progress(steps)
 
-        def on_window(progress) -> None:
-            bar.set(progress.step * progress.num_windows + progress.window, progress.num_steps * progress.num_windows)
+        def on_window(progress, picture=None) -> None:
+            bar.set(progress.step * progress.num_windows + progress.window, progress.num_steps * progress.num_windows, picture)
 
-        with models.using(SAMPLER_NETWORKS) as networks:
-            result = generate(networks, reference.reference, speech.speech, kps, settings,
-                              callback=on_window, cancel=runtime.check_interrupted)
+        callback = with_previews(on_window, max_side=runtime.preview_size()) if previews else on_window
+
+        result = frames_phase(models.using, reference, speech.speech, kps, settings, callback=callback,
+                              cancel=runtime.check_interrupted)
         frames = uint8_to_image(result.frames)
         return (frames, cut_audio(speech.audio, len(frames) / result.fps), float(result.fps))

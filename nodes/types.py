@@ -1,4 +1,6 @@
 """The pack's ComfyUI types: names, the small dataclasses that travel on the wires, conversions.
+VEXPRESS_REFERENCE carries the core's orchestration.PreparedReference; the options types carry the
+core's WindowSettings / MemorySettings.
 
 Custom type names carry the `VEXPRESS_` prefix. Values are never changed after they leave a node:
 a node that needs a different value builds a new one.
@@ -11,7 +13,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from vexpress_core.pipeline import Reference, Speech
+from vexpress_core.pipeline import Speech
 
 PREFIX = "VExpress"
 
@@ -24,23 +26,6 @@ MEMORY_OPTIONS = "VEXPRESS_MEMORY_OPTIONS"
 
 IMAGE = "IMAGE"
 COMFY_AUDIO = "AUDIO"
-
-
-@dataclass(frozen=True, eq=False)
-class ReferenceInput:
-    """VEXPRESS_REFERENCE: the prepared reference (W x H image, latents, ReferenceNet features)
-    and its (left eye, right eye, nose) keypoints float32 [3,2] in pixels of that W x H image."""
-
-    reference: Reference
-    keypoints: np.ndarray
-
-    @property
-    def width(self) -> int:
-        return int(self.reference.image.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.reference.image.shape[0])
 
 
 @dataclass(frozen=True, eq=False)

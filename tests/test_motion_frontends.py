@@ -115,7 +115,7 @@ def test_preview_kps_writes_a_video_with_the_speech_and_a_strip(inputs, tmp_path
 def node_inputs(inputs):
     reference = SimpleNamespace(keypoints=np.array([[40.0, 50.0], [80.0, 50.0], [60.0, 75.0]], np.float32),
                                 width=128, height=128)
-    speech = SimpleNamespace(speech=SimpleNamespace(waveform=inputs["waveform"]), num_frames=25, fps=25.0)
+    speech = SimpleNamespace(speech=SimpleNamespace(waveform=inputs["waveform"], num_frames=25, fps=25.0))
     return reference, speech
 
 

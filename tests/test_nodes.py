@@ -22,7 +22,9 @@ import torch
 from comfyui_like import NODES, PACK, REPO, execute, load_pack, spec_defaults, validate
 from vexpress_core.audio import load_audio
 from vexpress_core.keypoints import KeypointTrack, crop_box
-from vexpress_core.offload import DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS
+from vexpress_core.offload import REFERENCE_NETWORKS, SPEECH_NETWORKS
+from vexpress_core.orchestration import PreparedReference
+from vexpress_core.settings import GenerationSettings, MemorySettings, WindowSettings
 from vexpress_core.tiny import make_tiny_models
 
 runtime, schema, vtypes, management = NODES.runtime, NODES.schema, NODES.types, NODES.management
@@ -271,7 +273,7 @@ def test_object_info_is_comfyuis_v3_shape(node_id):
 
 def test_registered_choices_appear_in_node_inputs():
     """A detector or scheduler registered after import shows up in the combos (read at schema time)."""
-    from vexpress_core.keypoints import DETECTORS
+    from vexpress_core.detectors import DETECTORS
     from vexpress_core.sampling import SCHEDULERS
 
     DETECTORS.register("dummy-detector", lambda model_dir: None)
@@ -584,15 +586,15 @@ def check_value(kind: str, value) -> None:
     elif kind == vtypes.MODELS:
         assert isinstance(value, management.ModelHandle)
     elif kind == vtypes.REFERENCE:
-        assert isinstance(value, vtypes.ReferenceInput) and value.keypoints.shape == (3, 2)
+        assert isinstance(value, PreparedReference) and value.keypoints.shape == (3, 2)
     elif kind == vtypes.AUDIO:
         assert isinstance(value, vtypes.SpeechInput)
     elif kind == vtypes.KPS:
         assert isinstance(value, KeypointTrack)
     elif kind == vtypes.WINDOW_OPTIONS:
-        assert isinstance(value, NODES.options.WindowOptions)
+        assert isinstance(value, WindowSettings)
     elif kind == vtypes.MEMORY_OPTIONS:
-        assert isinstance(value, NODES.options.MemoryOptions)
+        assert isinstance(value, MemorySettings)
     else:
         raise AssertionError(f"no check for {kind}")
 
@@ -634,9 +636,9 @@ def test_node_chain_declared_types(handle, portrait, speech_audio, samples_dir):
     (preview,) = run_node("VExpressKpsPreview", kps=kps, width=0, height=0)
     assert preview.shape == (7, 64, 96, 3) and preview.max() > 0
     (window,) = run_node("VExpressWindowOptions", context_frames=16, context_overlap=2, blend="ramp")
-    assert window == NODES.options.WindowOptions(16, 2, "ramp")
+    assert window == WindowSettings(16, 2, "ramp")
     (memory,) = run_node("VExpressMemoryOptions", **spec_defaults(BY_ID["VExpressMemoryOptions"]))
-    assert memory == NODES.options.MemoryOptions()
+    assert memory == MemorySettings()
 
 
 def test_fix_face_needs_no_driving_track_and_other_modes_do(prepared):
@@ -677,20 +679,20 @@ def test_reference_without_a_face_says_so(handle):
 
 
 SAMPLER_ARGS = dict(steps=2, cfg=1.0, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", seed=7, deflicker=True)
-WINDOWS = NODES.options.WindowOptions(context_frames=4, context_overlap=1)
+WINDOWS = WindowSettings(context_frames=4, context_overlap=1)
 
 
 def test_sampler_options_default_to_the_published_settings(prepared):
     reference, speech, _ = prepared
     settings = NODES.sampling.generation_settings(reference, speech, **SAMPLER_ARGS)
-    published = NODES.sampling.GenerationSettings()
+    published = GenerationSettings()
     for name in ("context_frames", "context_overlap", "blend", "window_batch", "decode_chunk", "vae_tiling", "compile"):
         assert getattr(settings, name) == getattr(published, name), name
     for spec in BY_ID["VExpressWindowOptions"].INPUTS + BY_ID["VExpressMemoryOptions"].INPUTS:
         assert spec.default == getattr(published, spec.name), spec.name
-    options = NODES.options
-    chosen = NODES.sampling.generation_settings(reference, speech, **SAMPLER_ARGS, window=options.WindowOptions(8, 2, "ramp"),
-                                                memory=options.MemoryOptions(2, 4, True, False), low_vram=True)
+    chosen = NODES.sampling.generation_settings(reference, speech, **SAMPLER_ARGS, window=WindowSettings(8, 2, "ramp"),
+                                                memory=MemorySettings(window_batch=2, decode_chunk=4, vae_tiling=True),
+                                                low_vram=True)
     assert (chosen.context_frames, chosen.context_overlap, chosen.blend, chosen.window_batch, chosen.decode_chunk,
             chosen.vae_tiling, chosen.latents_on_host) == (8, 2, "ramp", 2, 4, True, True)
 
@@ -699,7 +701,7 @@ def test_sampler_outputs_and_progress(comfy, handle, prepared):
     reference, speech, kps = prepared
     images, audio, fps = run_node("VExpressSampler", models=handle, reference=reference, speech=speech, kps=kps,
                                   **SAMPLER_ARGS, window_options=WINDOWS,
-                                  memory_options=NODES.options.MemoryOptions(window_batch=2, decode_chunk=4))
+                                  memory_options=MemorySettings(window_batch=2, decode_chunk=4))
     assert images.shape == (9, 64, 64, 3) and fps == 30.0
     assert audio["waveform"].shape == (1, 2, 4800) and audio["sample_rate"] == 16000
     windows = 3  # 9 frames in windows of 4 overlapping by 1: starts 0, 3, 5
@@ -783,7 +785,7 @@ def test_bad_sizes_name_the_input_and_the_rule(comfy, handle, portrait, prepared
     assert_survives("VExpressLoadReference", {**good, "image": portrait[:0]}, good, "empty IMAGE batch", "connect an image")
     options = dict(context_frames=4, context_overlap=1, blend="mean")
     assert_survives("VExpressWindowOptions", {**options, "context_overlap": 4}, options,
-                    "context_overlap (4) must be below context_frames (4)")
+                    "context_overlap must be in 0..context_frames-1 (3), got 4")
     assert_survives("VExpressWindowOptions", {**options, "context_frames": 40}, options, "Value 40 bigger than max of 32")
 
 
@@ -815,3 +817,48 @@ def test_cancel_during_a_node_then_a_valid_run(comfy, handle, portrait, speech_a
     assert outcome.interrupted and comfy.mm.checks == checks // 2 + 1
     again = execute(BY_ID[node_id], inputs)
     assert again.ok and comfy.mm.checks > checks // 2 + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# One orchestration: the CLI and the node graph give the same frames for the same inputs and settings
+
+
+def test_cli_and_node_graph_give_the_same_frames(comfy, model_root, portrait, speech_audio, tmp_path, monkeypatch):
+    """Same photo (lossless PNG), same 16 kHz speech, same settings: identical uint8 frames. The CLI's
+    mp4 writer is replaced by a capture of the frames it would encode (H.264 is lossy)."""
+    import soundfile
+    from PIL import Image
+
+    from vexpress_core import cli, orchestration, pipeline
+
+    photo, speech_file = tmp_path / "photo.png", tmp_path / "speech.wav"
+    Image.fromarray(NODES.types.image_to_uint8(portrait[0])).save(photo)
+    soundfile.write(speech_file, speech_audio["waveform"][0, 0].numpy(), 16000)
+    captured = {}
+
+    def capture_frames(models, reference, speech, track, settings, out, callback=None, cancel=None):
+        captured["frames"] = pipeline.generate(models, reference, speech, track, settings).frames
+        return Path(out)
+
+    monkeypatch.setattr(orchestration.pipeline, "write_video", capture_frames)
+    settings = dict(steps=2, seed=7, cfg=3.5, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", deflicker=True)
+    assert cli.main(["generate", "--models", str(model_root / "V-Express"), "--reference", str(photo), "--audio",
+                     str(speech_file), "--out", str(tmp_path / "cli.mp4"), "--width", "64", "--height", "64",
+                     "--steps", "2", "--seed", "7", "--dtype", "fp32", "--device", "cpu", "--detector", "retinaface",
+                     "--context-frames", "4", "--context-overlap", "1"]) == 0
+
+    comfy.folder_paths.add_model_folder_path("v-express", str(model_root))
+    (models,) = run_node("VExpressLoadModels", model="V-Express", dtype="fp32", keep_idle_on="gpu")
+    image = torch.from_numpy(np.array(Image.open(photo))).float()[None] / 255.0
+    reference, _ = run_node("VExpressLoadReference", models=models, image=image, **REFERENCE_ARGS)
+    wave, rate = soundfile.read(speech_file, dtype="float32")
+    speech, _, _ = run_node("VExpressAudioEncode", models=models, fps=30.0,
+                            audio={"waveform": torch.from_numpy(wave)[None, None], "sample_rate": rate})
+    (kps,) = run_node("VExpressKpsRetarget", reference=reference, speech=speech, mode="fix_face", resample="auto")
+    (window,) = run_node("VExpressWindowOptions", context_frames=4, context_overlap=1, blend="mean")
+    images, _, _ = run_node("VExpressSampler", models=models, reference=reference, speech=speech, kps=kps,
+                            window_options=window, **settings)
+    node_frames = NODES.types.image_to_uint8  # per frame: float 0..1 -> uint8, as the frames came out
+    nodes_uint8 = np.stack([node_frames(frame) for frame in images])
+    assert captured["frames"].shape == nodes_uint8.shape == (9, 64, 64, 3)
+    assert np.array_equal(captured["frames"], nodes_uint8)

@@ -46,3 +46,18 @@ def test_tool_comfy_table_has_publisher_display_name_icon_and_includes():
         assert picture.width == picture.height <= 400
     for folder in comfy["includes"]:
         assert (REPO / folder).is_dir(), folder
+
+
+def test_requires_comfyui_is_the_packs_minimum():
+    minimum = re.search(r'MINIMUM_COMFYUI = "([\d.]+)"', (REPO / "nodes" / "__init__.py").read_text()).group(1)
+    assert pyproject()["tool"]["comfy"]["requires-comfyui"] == f">={minimum}"
+
+
+def test_every_workflow_has_a_template_thumbnail():
+    """ComfyUI's template browser shows workflows/<name>.jpg for workflows/<name>.json
+    (make them with tools/screenshot_workflows.py)."""
+    for workflow in sorted((REPO / "workflows").glob("*.json")):
+        thumbnail = workflow.with_suffix(".jpg")
+        assert thumbnail.is_file(), f"{thumbnail.name} is missing"
+        with Image.open(thumbnail) as picture:
+            assert picture.format == "JPEG" and picture.size == (512, 384)

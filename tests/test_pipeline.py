@@ -31,7 +31,6 @@ from vexpress_core.pipeline import (
     denoise,
     encode_speech,
     generate,
-    initial_latents,
     kps_feature_source,
     prepare_reference,
     write_video,
@@ -481,13 +480,6 @@ def test_decoded_chunks_do_not_depend_on_the_chunk_size(models):
 # Determinism
 
 
-def test_initial_latents_are_the_published_noise():
-    for seed, frames, width, height in [(42, 6, 64, 64), (7, 13, 80, 48)]:
-        expected = torch.randn([1, 4, frames, height // 8, width // 8], generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(initial_latents(seed, frames, width, height), expected)
-    assert not torch.equal(initial_latents(1, 6, 64, 64), initial_latents(2, 6, 64, 64))
-
-
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_denoise_is_deterministic_for_a_seed(models, reference, reference_kps, waveform, eta):
     speech = encode_speech(models, clip(waveform, 0.3), 30.0)
@@ -499,16 +491,6 @@ def test_denoise_is_deterministic_for_a_seed(models, reference, reference_kps, w
     first, again, other = run(42), run(42), run(43)
     assert torch.equal(first, again)
     assert (first - other).abs().max().item() > 1e-3
-
-
-def test_explicit_initial_latents_are_used(models, reference, reference_kps, waveform):
-    speech = encode_speech(models, clip(waveform, 0.3), 30.0)
-    track = fixed_track(reference_kps, speech.num_frames)
-    settings = GenerationSettings(**dict(FAST, seed=5))
-    from_seed = denoise(models, reference, speech, track, settings)
-    explicit = denoise(models, reference, speech, track, settings,
-                       latents=initial_latents(5, speech.num_frames, SIZE, SIZE))
-    assert torch.equal(from_seed, explicit)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -225,12 +225,12 @@ def test_sample_matches_inference_windows_and_flips_eyes(prepared, videos, tiny_
 
 def test_sampler_shards_and_resumes_mid_epoch():
     full = [list(EpochSampler(10, 2, seed=5, num_replicas=2, rank=rank)) for rank in (0, 1)]
-    assert len(full[0]) == len(full[1]) == 4 and not {k for k, _ in full[0]} & {k for k, _ in full[1]}
+    assert len(full[0]) == len(full[1]) == 4 and not {k for k, _, _ in full[0]} & {k for k, _, _ in full[1]}
     sampler = EpochSampler(10, 2, seed=5, num_replicas=2, rank=1)
     sampler.set_epoch(0, skip_batches=1)
     assert list(sampler) == full[1][2:]
     sampler.set_epoch(1)
-    assert list(sampler) != full[1] and {epoch for _, epoch in sampler} == {1}
+    assert list(sampler) != full[1] and {epoch for _, epoch, _ in sampler} == {1}
 
 
 # ---------------------------------------------------------------------------------------------

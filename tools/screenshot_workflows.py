@@ -5,6 +5,8 @@ Needs a running ComfyUI with this pack installed, Chromium (Debian: `apt-get ins
 
     python tools/screenshot_workflows.py --url http://127.0.0.1:8188            # every workflows/*.json
     python tools/screenshot_workflows.py --only vexpress_photo_audio_fix_face   # redo one
+    python tools/screenshot_workflows.py --only --templates ComfyUI-V-Express   # the template browser only
+    python tools/screenshot_workflows.py --preview vexpress_photo_audio_fix_face  # run it, photograph the live preview
 
 Writes docs/images/workflows/<name>.png (README) and workflows/<name>.jpg (the thumbnail ComfyUI's
 template browser loads for a custom node's workflow).
@@ -18,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+CANVAS_BOX = (64, 80, 1920, 1080)  # left, top, right, bottom of the graph canvas in a 1920x1080 page
 FIT_VIEW = """
 ([margin, top, types]) => {
   const canvas = window.app.canvas;
@@ -71,6 +74,20 @@ def capture_preview(page, workflow: Path, settings: list, target: Path, width: i
     print(f"live preview -> {target}")
 
 
+def capture_templates(page, module: str, target: Path, width: int) -> None:
+    """ComfyUI's template browser opened on this pack's workflows."""
+    page.get_by_text("Templates", exact=True).first.click()
+    page.wait_for_timeout(3000)
+    page.get_by_text(module).first.click()
+    page.wait_for_timeout(4000)
+    raw = target.with_suffix(".raw.png")
+    page.screenshot(path=str(raw))
+    small_png(raw, target, width)
+    raw.unlink()
+    page.keyboard.press("Escape")
+    print(f"template browser -> {target}")
+
+
 def small_png(source: Path, target: Path, width: int) -> None:
     with Image.open(source) as picture:
         picture = picture.convert("RGB")
@@ -80,7 +97,7 @@ def small_png(source: Path, target: Path, width: int) -> None:
 
 def thumbnail(source: Path, target: Path, size: tuple[int, int] = (512, 384)) -> None:
     with Image.open(source) as picture:
-        picture = picture.convert("RGB")
+        picture = picture.convert("RGB").crop(CANVAS_BOX)  # the graph, without ComfyUI's menus
         scale = max(size[0] / picture.width, size[1] / picture.height)
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.LANCZOS)
         left, top = (picture.width - size[0]) // 2, (picture.height - size[1]) // 2
@@ -97,15 +114,17 @@ def main() -> None:
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--size", default="1920x1080", help="browser viewport")
     parser.add_argument("--png-width", type=int, default=1440, help="width of the README PNGs")
+    parser.add_argument("--templates", metavar="FOLDER", help="also photograph the template browser on this pack "
+                        "(FOLDER: the pack's folder name under custom_nodes) into OUT/../template_browser.png")
     parser.add_argument("--preview", metavar="WORKFLOW", help="instead: run this workflow from the page (64x64, 2 steps, "
-                        "the 2 s speech file) and photograph the sampler's live preview into OUT/live_preview.png")
+                        "the 2 s speech file) and photograph the sampler's live preview into OUT/../live_preview.png")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     width, height = map(int, args.size.split("x"))
     args.out.mkdir(parents=True, exist_ok=True)
     paths = sorted(args.workflows.glob("*.json"))
-    if args.only:
+    if args.only is not None:
         paths = [p for p in paths if p.stem in args.only]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
@@ -120,7 +139,7 @@ def main() -> None:
         if args.preview:
             settings = [["VExpressLoadReference", "width", 64], ["VExpressLoadReference", "height", 64],
                         ["VExpressSampler", "steps", 2], ["LoadAudio", "audio", "vexpress_speech_2s.wav"]]
-            capture_preview(page, args.workflows / f"{args.preview}.json", settings, args.out / "live_preview.png", args.png_width)
+            capture_preview(page, args.workflows / f"{args.preview}.json", settings, args.out.parent / "live_preview.png", args.png_width)
             paths = []
         for path in paths:
             page.evaluate("async ([graph, name]) => { await window.app.loadGraphData(graph, true, true, name); }",
@@ -135,6 +154,8 @@ def main() -> None:
             thumbnail(raw, args.thumbs / f"{path.stem}.jpg")
             raw.unlink()
             print(f"{path.stem}: {count} nodes -> {args.out / (path.stem + '.png')}, {args.thumbs / (path.stem + '.jpg')}")
+        if args.templates:
+            capture_templates(page, args.templates, args.out.parent / "template_browser.png", args.png_width)
         browser.close()
 
 

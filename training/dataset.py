@@ -3,8 +3,9 @@
 A sample is a window of `num_frames` frames (every `frame_stride`-th) of one clip, a reference
 frame of the same clip at least `reference_margin` frames from the window, their V-Kps images,
 mouth-box weights at latent resolution and the per-frame audio windows exactly as inference
-builds them. All randomness of a sample comes from (seed, epoch, clip index), so a sample can be
-drawn again identically after a restart.
+builds them. All randomness of a sample comes from (seed, epoch, clip index, draw), so a sample can
+be drawn again identically after a restart. A clip holds many windows: when there are fewer clips
+than one global batch, an epoch draws several windows from each clip (`draw` tells them apart).
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def to_signed_unit(frames: np.ndarray) -> torch.Tensor:
 
 
 class TalkingFaceClips(Dataset):
-    """Samples of prepared clips; index with (clip index, epoch) from `EpochSampler`."""
+    """Samples of prepared clips; index with (clip index, epoch, draw) from `EpochSampler`."""
 
     def __init__(self, data_dir: str | Path, config: TrainConfig, latent_factor: int):
         self.data_dir = Path(data_dir)
@@ -135,11 +136,12 @@ class TalkingFaceClips(Dataset):
     def clip_dir(self, clip: ClipMeta) -> Path:
         return self.data_dir / CLIPS / clip.id
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        index, epoch = key
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        index, epoch, *draw = key
         clip = self.clips[index]
         clip_dir = self.clip_dir(clip)
-        rng = np.random.default_rng([self.seed, epoch, index])
+        # The first draw of a clip in an epoch keeps the (seed, epoch, clip) stream of earlier versions.
+        rng = np.random.default_rng([self.seed, epoch, index, *[d for d in draw if d]])
         frame_ids, reference_id = window_and_reference(clip.num_frames, self.spec, rng)
         flip = rng.random() < self.flip_rate
         labels = read_labels(clip_dir)
@@ -171,8 +173,10 @@ class TalkingFaceClips(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Shuffled (clip index, epoch) keys for one process: every epoch a fresh permutation from
+    """Shuffled (clip index, epoch, draw) keys for one process: every epoch fresh permutations from
     (seed, epoch), cut to whole global batches and dealt out batch by batch to the processes.
+    With fewer clips than one global batch, permutations are appended until the batch is full, so
+    every clip gives several windows (draw 0, 1, ...) and any non-empty dataset trains.
     `set_epoch(epoch, skip_batches)` starts an epoch part-way, which is how a run resumes."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
@@ -183,25 +187,34 @@ class EpochSampler(Sampler):
         self.rank = rank
         self.epoch = 0
         self.skip_batches = 0
-        if self.batches_per_epoch() == 0:
-            raise DataError(f"{num_samples} usable clips are fewer than one global batch "
-                            f"({batch_size} per process x {num_replicas} processes); add clips or lower batch_size")
+        if num_samples < 1:
+            raise DataError("no usable clips to draw samples from")
+        global_batch = batch_size * num_replicas
+        if num_samples < global_batch:
+            logger.warning("only %d usable clip(s) for a global batch of %d (%d per process x %d processes): every "
+                           "epoch draws several windows from each clip; with this little data the model over-fits it",
+                           num_samples, global_batch, batch_size, num_replicas)
 
     def batches_per_epoch(self) -> int:
-        """Batches each process draws per epoch."""
-        return self.num_samples // (self.batch_size * self.num_replicas)
+        """Batches each process draws per epoch: the clips once each, at least one global batch."""
+        global_batch = self.batch_size * self.num_replicas
+        return max(self.num_samples, global_batch) // global_batch
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch = epoch
         self.skip_batches = skip_batches
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        needed = self.batches_per_epoch() * self.batch_size * self.num_replicas
+        order = []
+        while len(order) < needed:
+            draw = len(order) // self.num_samples
+            order += [(index, draw) for index in torch.randperm(self.num_samples, generator=generator).tolist()]
         for batch in range(self.skip_batches, self.batches_per_epoch()):
             first = (batch * self.num_replicas + self.rank) * self.batch_size
-            for index in order[first : first + self.batch_size]:
-                yield index, self.epoch
+            for index, draw in order[first : first + self.batch_size]:
+                yield index, self.epoch, draw
 
     def __len__(self) -> int:
         return (self.batches_per_epoch() - self.skip_batches) * self.batch_size

@@ -106,12 +106,24 @@ def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int,
 
 
 def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4,
-                    scale_factor: int = 8, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The published noise: torch.randn on the CPU in the model's dtype from a seeded generator
-    (defaults: the published model's latent channels and VAE scale factor)."""
+                    scale_factor: int = 8, *, dtype: torch.dtype = torch.float32, encoder_layers: int = 0) -> torch.Tensor:
+    """The published CLI's noise for `seed`: torch.randn on the CPU in the model's dtype, drawn
+    after one torch.rand([]) per wav2vec2 encoder layer (see `published_noise_draws`). Drawn from
+    a generator of its own; torch's global generator is left alone. Defaults: the published
+    model's latent channels and VAE scale factor."""
     generator = torch.Generator().manual_seed(seed)
+    for _ in range(encoder_layers):
+        torch.rand([], generator=generator)
     return torch.randn([1, channels, num_frames, height // scale_factor, width // scale_factor],
                        generator=generator, dtype=dtype)
+
+
+def published_noise_draws(models: VExpressModels) -> int:
+    """How many draws the published CLI takes from its seeded generator before the noise: it seeds
+    torch's global generator, encodes the audio, then draws the noise; with its pinned
+    transformers (4.41.1) wav2vec2's encoder draws one torch.rand([]) per layer (the layer-drop
+    check) even in eval mode - 12 for wav2vec2-base-960h."""
+    return models.audio_encoder.config.num_hidden_layers
 
 
 def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) -> None:
@@ -142,7 +154,7 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     channels, factor = models.latent_channels, models.vae_scale_factor
     if latents is None:
         latents = initial_latents(settings.seed, num_frames, width, height, channels, factor,
-                                  dtype=models.denoising_unet.dtype)
+                                  dtype=models.denoising_unet.dtype, encoder_layers=published_noise_draws(models))
     expected = (1, channels, num_frames, height // factor, width // factor)
     if tuple(latents.shape) != expected:
         raise ValueError(f"initial latents have shape {tuple(latents.shape)}, expected {expected}")
