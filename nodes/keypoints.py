@@ -80,6 +80,12 @@ class VExpressKpsLoad(Node):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, file, fps, smooth=0.0):
+        """Runs again when the file changes on disk under the same name."""
+        path = runtime.annotated_filepath(file)
+        return os.stat(path).st_mtime_ns if os.path.isfile(path) else None
+
+    @classmethod
     def execute(cls, file, fps, smooth=0.0):
         return (driving_track(kps_file=runtime.annotated_filepath(file), kps_fps=fps or None, smooth=smooth),)
 

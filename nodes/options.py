@@ -10,6 +10,7 @@ from .schema import Boolean, Combo, Int, Node, Output
 from .types import MEMORY_OPTIONS, WINDOW_OPTIONS
 
 WINDOWS, MEMORY = WindowSettings(), MemorySettings()
+AUTO = 0  # the integer inputs' stand-in for MemorySettings' "auto"
 
 
 class VExpressWindowOptions(Node):
@@ -35,12 +36,12 @@ class VExpressMemoryOptions(Node):
     DISPLAY_NAME = "V-Express Memory / Speed Options"
     DESCRIPTION = (
         "Memory and speed settings for the Sampler; none of them changes the video. Unconnected, the Sampler "
-        "denoises one window per UNet call and decodes 8 frames per VAE call, untiled and uncompiled. Where idle "
+        "picks windows per UNet call and frames per VAE call automatically (auto), untiled and uncompiled. Where idle "
         "networks wait is chosen on Load V-Express Models (keep_idle_on)."
     )
     INPUTS = (
-        Int("window_batch", MEMORY.window_batch, 1, 16, "Windows per UNet call. 1 uses the least memory; 2-4 can be faster on large GPUs."),
-        Int("decode_chunk", MEMORY.decode_chunk, 1, 64, "Frames per VAE decode call. Recommended 4-16; lower saves memory."),
+        Int("window_batch", AUTO, 0, 16, "Windows per UNet call. 0 = auto (as many as fit in free GPU memory; 1 on CPU). 1 uses the least memory; 2-4 can be faster on large GPUs."),
+        Int("decode_chunk", AUTO, 0, 64, "Frames per VAE decode call. 0 = auto (8 on GPU; by frame size on CPU). Recommended 4-16; lower saves memory."),
         Boolean("vae_tiling", MEMORY.vae_tiling, "Decode in spatial tiles: for large sizes on small GPUs (slower)."),
         Boolean("compile", MEMORY.compile, "torch.compile the UNet (slow first run, then faster on GPUs; falls back to eager on failure)."),
     )
@@ -48,4 +49,5 @@ class VExpressMemoryOptions(Node):
 
     @classmethod
     def execute(cls, window_batch, decode_chunk, vae_tiling, compile):
-        return (MemorySettings(window_batch=window_batch, decode_chunk=decode_chunk, vae_tiling=vae_tiling, compile=compile),)
+        return (MemorySettings(window_batch=window_batch or "auto", decode_chunk=decode_chunk or "auto",
+                               vae_tiling=vae_tiling, compile=compile),)

@@ -70,7 +70,8 @@ class Node:
     """Base of the pack's nodes. Subclasses set DISPLAY_NAME, DESCRIPTION, INPUTS, OUTPUTS and
     define `execute(cls, **inputs) -> tuple` (one value per output; optional inputs need defaults).
     `validate_inputs(cls, <input names>)` may return True or an error text; ComfyUI calls it before
-    running with only the inputs it names."""
+    running with only the inputs it names. `fingerprint_inputs(cls, **inputs)` (ComfyUI's IS_CHANGED)
+    may return a value that changes when the node must run again for the same inputs (a file's mtime)."""
 
     DISPLAY_NAME: str = ""
     DESCRIPTION: str = ""
@@ -89,6 +90,10 @@ class Node:
     @classmethod
     def has_validation(cls) -> bool:
         return "validate_inputs" in vars(cls)
+
+    @classmethod
+    def has_fingerprint(cls) -> bool:
+        return "fingerprint_inputs" in vars(cls)
 
     @classmethod
     def run(cls, **inputs) -> tuple:
@@ -181,4 +186,6 @@ def comfy_node(node: type[Node], io) -> type:
     if node.has_validation():
         # ComfyUI passes validate_inputs only the inputs its signature names: keep the spec's own function.
         attributes["validate_inputs"] = classmethod(vars(node)["validate_inputs"].__func__)
+    if node.has_fingerprint():
+        attributes["fingerprint_inputs"] = classmethod(vars(node)["fingerprint_inputs"].__func__)
     return type(node.node_id(), (io.ComfyNode,), attributes)

@@ -15,7 +15,8 @@ from vexpress_core import cli
 from vexpress_core.audio import load_audio
 from vexpress_core.framing import CropPlan, PasteSettings, pasted_chunks
 from vexpress_core.framing.modes import frame_photo
-from vexpress_core.keypoints import RetinaFaceDetector, read_video_frames
+from vexpress_core.detectors import RetinaFaceDetector
+from vexpress_core.video import read_video_frames
 from vexpress_core.video import probe_video, write_mp4
 
 RATE = 16000

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import gc
 import inspect
+import os
 import shutil
 import sys
 import types
@@ -344,10 +345,11 @@ def test_comfy_node_renders_every_field(node_id):
         assert rendered_options == info["input"][group][spec.name][1]
     assert [(o.io_type, o.options["display_name"], o.options["tooltip"]) for o in built.outputs] == [
         (o.type, o.name, o.tooltip) for o in node.OUTPUTS]
-    if node.has_validation():
-        assert inspect.getfullargspec(rendered.validate_inputs).args == inspect.getfullargspec(node.validate_inputs).args
-    else:
-        assert "validate_inputs" not in vars(rendered)
+    for hook in ("validate_inputs", "fingerprint_inputs"):
+        if hook in vars(node):
+            assert inspect.getfullargspec(getattr(rendered, hook)).args == inspect.getfullargspec(getattr(node, hook)).args
+        else:
+            assert hook not in vars(rendered)
 
 
 def test_comfy_entrypoint_lists_every_node(monkeypatch):
@@ -661,6 +663,10 @@ def test_kps_load_node(comfy, samples_dir):
     assert track.fps == 25.0 and track.frame_size == (512, 512)
     (unknown,) = run_node("VExpressKpsLoad", file="driving_kps.pth", fps=0.0)
     assert unknown.fps is None
+    before = loader.fingerprint_inputs(file="driving_kps.pth", fps=0.0)
+    path = comfy.folder_paths.input_dir / "driving_kps.pth"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert loader.fingerprint_inputs(file="driving_kps.pth", fps=0.0) != before  # a changed file runs again
 
 
 def no_face_image():
@@ -688,8 +694,10 @@ def test_sampler_options_default_to_the_published_settings(prepared):
     published = GenerationSettings()
     for name in ("context_frames", "context_overlap", "blend", "window_batch", "decode_chunk", "vae_tiling", "compile"):
         assert getattr(settings, name) == getattr(published, name), name
-    for spec in BY_ID["VExpressWindowOptions"].INPUTS + BY_ID["VExpressMemoryOptions"].INPUTS:
+    for spec in BY_ID["VExpressWindowOptions"].INPUTS:
         assert spec.default == getattr(published, spec.name), spec.name
+    memory_defaults = {spec.name: spec.default for spec in BY_ID["VExpressMemoryOptions"].INPUTS}
+    assert BY_ID["VExpressMemoryOptions"].execute(**memory_defaults)[0] == published.memory  # 0 = "auto"
     chosen = NODES.sampling.generation_settings(reference, speech, **SAMPLER_ARGS, window=WindowSettings(8, 2, "ramp"),
                                                 memory=MemorySettings(window_batch=2, decode_chunk=4, vae_tiling=True),
                                                 low_vram=True)

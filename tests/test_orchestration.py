@@ -114,5 +114,10 @@ def test_driving_videos_are_searched_at_their_own_size(tmp_path):
 
 
 def test_cli_and_nodes_share_one_framing_default():
-    args = cli.parser().parse_args(["generate", "--models", "m", "--reference", "r.jpg", "--audio", "a.wav", "--out", "o.mp4"])
-    assert (args.crop, args.face_margin) == (DEFAULT_CROP, orchestration.DEFAULT_FACE_MARGIN) == ("center", 0.6)
+    from vexpress_core.framing.plan import DEFAULT_MARGIN
+
+    command = ["generate", "--models", "m", "--reference", "r.jpg", "--audio", "a.wav", "--out", "o.mp4"]
+    args = cli.parser().parse_args(command)
+    assert (args.crop, cli.face_margin(args)) == (DEFAULT_CROP, orchestration.DEFAULT_FACE_MARGIN) == ("center", 0.6)
+    assert cli.face_margin(cli.parser().parse_args([*command, "--paste-back"])) == DEFAULT_MARGIN
+    assert cli.face_margin(cli.parser().parse_args([*command, "--face-margin", "1.5"])) == 1.5

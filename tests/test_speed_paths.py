@@ -79,3 +79,116 @@ def test_cancel_is_honoured_while_decoding(job):
     assert next(chunks).shape[0] == 4
     with pytest.raises(Cancelled, match="decoding frame 5/"):
         next(chunks)
+
+
+# ---------------------------------------------------------------------------------------------
+# The unconditional branch's zero contexts
+
+
+def zero_context_block_outputs(rows: int):
+    from vexpress_core.models import VExpressTransformerBlock
+
+    torch.manual_seed(0)
+    block = VExpressTransformerBlock(64, 8, 8, 96).eval()
+    for parameter in block.parameters():  # random biases too, so the bias path is really exercised
+        parameter.data.normal_(0, 0.5)
+    hidden = torch.randn(2 * rows, 9, 64)
+    audio, reference = torch.randn(rows, 5, 96), torch.randn(rows, 12, 64)
+    with torch.no_grad():
+        as_published = block(hidden, torch.cat([torch.zeros_like(audio), audio]),
+                             torch.cat([torch.zeros_like(reference), reference]), 0.95, 3.0)
+        shortcut = block(hidden, audio, reference, 0.95, 3.0, zero_context_rows=rows)
+    return as_published, shortcut
+
+
+def test_zero_contexts_give_exactly_the_output_projection_bias():
+    as_published, shortcut = zero_context_block_outputs(rows=3)
+    assert torch.equal(shortcut, as_published)
+
+
+def test_zero_context_shortcut_is_bit_identical_through_the_denoiser(job):
+    from vexpress_core.pipeline import audio_token_source, kps_feature_source
+    from vexpress_core.sampling import Conditions, GuidedDenoiser
+
+    models, reference, speech, track = job
+    conditions = Conditions(reference.features, audio_token_source(models, speech, 2),
+                            kps_feature_source(models, track, 128, 128))
+    latents = torch.randn(1, 4, speech.num_frames, 16, 16, generator=torch.Generator().manual_seed(1))
+    windows = [list(range(0, 8)), list(range(6, 14))]
+    with torch.no_grad():
+        predictions = [GuidedDenoiser(models.denoising_unet, conditions, 3.5, 0.95, 3.0, zero_context_shortcut=on)(
+            latents, torch.tensor(500), windows) for on in (False, True)]
+    assert torch.equal(predictions[0], predictions[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-frame conditioning computed once
+
+
+def test_frame_cache_computes_each_frame_once_within_the_budget():
+    from vexpress_core.frame_cache import FrameCache
+
+    calls = []
+
+    def compute(start, stop):
+        calls.append((start, stop))
+        return torch.arange(start, stop, dtype=torch.float32)[None, :, None].expand(2, -1, 3).clone()
+
+    cache = FrameCache(compute, 40, frame_axis=1, chunk=16)
+    cache.fill()
+    for start, stop in [(0, 24), (20, 40), (0, 24), (15, 17)]:
+        assert torch.equal(cache(start, stop), compute(start, stop))
+    assert calls[:3] == [(0, 16), (16, 32), (32, 40)] and cache.computed_frames == 40
+    small = FrameCache(compute, 40, frame_axis=1, chunk=16, budget_bytes=2 * 16 * 3 * 4)  # room for one chunk
+    for _ in range(2):
+        small(0, 40)
+    assert small.computed_frames == 16 + 2 * 24  # the first chunk is kept, the rest recomputed on each use
+    with pytest.raises(ValueError, match=r"frame range \[30, 41\)"):
+        cache(30, 41)
+
+
+def test_conditioning_budget_does_not_change_the_result(job):
+    assert torch.equal(final(job, conditioning_budget_mb=0), final(job))
+
+
+def test_window_batch_auto_is_one_window_on_cpu(job):
+    from vexpress_core.pipeline import resolved_window_batch
+
+    models = job[0]
+    assert GenerationSettings().window_batch == "auto"
+    assert resolved_window_batch(GenerationSettings(), models, 84) == 1
+    assert resolved_window_batch(GenerationSettings(window_batch=3), models, 84) == 3
+    for bad in (0, "fast", 1.5):
+        with pytest.raises(ValueError, match="window_batch must be 'auto' or at least 1"):
+            GenerationSettings(window_batch=bad)
+
+
+def test_decode_chunk_auto_is_bounded_by_pixels_on_cpu(job):
+    from vexpress_core.pipeline import resolved_decode_chunk
+
+    models = job[0]
+    assert GenerationSettings().decode_chunk == "auto"
+    sizes = {size: resolved_decode_chunk(GenerationSettings(width=size, height=size), models) for size in (64, 128, 256, 512)}
+    assert sizes == {64: 16, 128: 4, 256: 1, 512: 1}
+    assert resolved_decode_chunk(GenerationSettings(decode_chunk=3), models) == 3
+    with pytest.raises(ValueError, match="decode_chunk must be 'auto' or at least 1"):
+        GenerationSettings(decode_chunk=0)
+
+
+def test_guider_runs_in_pixel_bounded_batches_with_the_same_features(job):
+    from vexpress_core.keypoints import draw_track
+    from vexpress_core.pipeline import kps_feature_source
+
+    models, _, _, track = job
+    calls = []
+    handle = models.v_kps_guider.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape[2]))
+    try:
+        features = kps_feature_source(models, track, 128, 128)(0, 10)
+    finally:
+        handle.remove()
+    first_chunk = min(16, len(track))  # the cache computes its whole first chunk, 4 frames per call at 128x128
+    assert calls == [4] * (first_chunk // 4) + ([first_chunk % 4] if first_chunk % 4 else [])
+    with torch.no_grad():
+        drawings = torch.from_numpy(draw_track(track, 128, 128, 0, 10)).float() / 255.0
+        whole = models.v_kps_guider(drawings.permute(3, 0, 1, 2)[None])
+    assert torch.allclose(features, whole, atol=1e-6)

@@ -1,4 +1,4 @@
-"""On-disk layout of prepared training data (written by training.prepare, read by training.dataset).
+"""On-disk layout of prepared training data (written by prepare.py, read by dataset.py).
 
     DATA/manifest.json             {"format", "resolution", "clips": [{"id", "num_frames", "fps", "source"}]}
     DATA/report.json               the last preparation run: prepared, already done and skipped clips (with reasons)
@@ -85,7 +85,7 @@ def read_meta(clip_dir: Path) -> ClipMeta:
     try:
         return ClipMeta(**json.loads((clip_dir / META).read_text()))
     except (OSError, ValueError, TypeError) as error:
-        raise DataError(f"{clip_dir}: unreadable {META} ({error}); delete the folder and rerun training.prepare") from error
+        raise DataError(f"{clip_dir}: unreadable {META} ({error}); delete the folder and rerun `python training prepare`") from error
 
 
 def read_labels(clip_dir: Path) -> ClipLabels:
@@ -93,7 +93,7 @@ def read_labels(clip_dir: Path) -> ClipLabels:
         with np.load(clip_dir / LABELS) as data:
             return ClipLabels(**{name: data[name] for name in ClipLabels.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{clip_dir}: unreadable {LABELS} ({error}); delete the folder and rerun training.prepare") from error
+        raise DataError(f"{clip_dir}: unreadable {LABELS} ({error}); delete the folder and rerun `python training prepare`") from error
 
 
 def read_frames(clip_dir: Path, offsets: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ def read_frames(clip_dir: Path, offsets: np.ndarray, indices: np.ndarray) -> np.
             data = np.frombuffer(stream.read(int(offsets[index + 1] - offsets[index])), np.uint8)
             image = cv2.imdecode(data, cv2.IMREAD_COLOR)
             if image is None:
-                raise DataError(f"{clip_dir / FRAMES}: frame {index} is not a readable JPEG; rerun training.prepare for this clip")
+                raise DataError(f"{clip_dir / FRAMES}: frame {index} is not a readable JPEG; rerun `python training prepare` for this clip")
             images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     return np.stack(images)
 
@@ -129,9 +129,9 @@ def read_manifest(data_dir: Path) -> tuple[int, list[ClipMeta]]:
         clips = [ClipMeta(**clip) for clip in manifest["clips"]]
         resolution = int(manifest["resolution"])
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise DataError(f"{path} is not a training manifest ({error}); rerun training.prepare") from error
+        raise DataError(f"{path} is not a training manifest ({error}); rerun `python training prepare`") from error
     if data_format != DATA_FORMAT:
-        raise DataError(f"{path}: data format {data_format!r}, this trainer reads format {DATA_FORMAT}; rerun training.prepare")
+        raise DataError(f"{path}: data format {data_format!r}, this trainer reads format {DATA_FORMAT}; rerun `python training prepare`")
     if not clips:
         raise DataError(f"{path} lists no clips; see {Path(data_dir) / REPORT} for why clips were skipped")
     return resolution, clips

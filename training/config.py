@@ -15,11 +15,14 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from vexpress_core.sampling import MAX_CONTEXT_FRAMES
+
 STAGES = (1, 2, 3)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 REPORT_TO = ("tensorboard", "none")
-MAX_MOTION_FRAMES = 32  # the motion modules' position code length: one window holds at most 32 frames
+# The published motion modules' length, checked before a model is loaded; train.py checks the UNet's own.
+MAX_MOTION_FRAMES = MAX_CONTEXT_FRAMES
 
 
 class ConfigError(ValueError):

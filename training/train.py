@@ -66,7 +66,7 @@ class TrainResult:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train one stage of V-Express.")
     parser.add_argument("--config", required=True, type=Path, help="training/configs/stage_{1,2,3}.yaml")
-    parser.add_argument("--data", required=True, type=Path, help="folder written by training.prepare")
+    parser.add_argument("--data", required=True, type=Path, help="folder written by `python training prepare`")
     parser.add_argument("--models", required=True, type=Path,
                         help="model directory in the published layout (UNet config, sd-vae-ft-mse, wav2vec2-base-960h)")
     parser.add_argument("--output", required=True, type=Path, help="run folder: checkpoints, logs, config.yaml")
@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> TrainResult:
         net = checkpoint_networks(args.models, resume_dir).float().train()
     else:
         net = initial_networks(config, unet_config, audio_dim, args.models, args.init)
+    if config.num_frames > net.denoising_unet.config.motion_max_len:
+        raise ConfigError(f"num_frames {config.num_frames} exceeds the motion modules' length "
+                          f"{net.denoising_unet.config.motion_max_len}")
     trained = apply_stage(net, config.stage, zero_outputs=resume_dir is None)
     logger.info(trainable_summary(net, config.stage))
     if config.gradient_checkpointing:

@@ -28,7 +28,7 @@ from .audio import synthetic_speech
 from .checkpoint import load_models
 from .dtypes import AUTO, DTYPES, resolved_dtype
 from .keypoints import output_track
-from .pipeline import GenerationSettings, decoded_chunks, denoise, encode_speech, prepare_reference
+from .pipeline import GenerationSettings, decoded_chunks, denoise, encode_speech, prepare_reference, resolved_decode_chunk
 from .tiny import make_tiny_models, random_models
 
 
@@ -95,7 +95,7 @@ def measure(models, settings: GenerationSettings, seconds: float, label: str) ->
     start = time.perf_counter()
     with peak_rss(memory):
         final = denoise(models, reference, speech, track, settings)
-        for _ in decoded_chunks(models, final, settings.decode_chunk):
+        for _ in decoded_chunks(models, final, resolved_decode_chunk(settings, models)):
             pass
         if cuda:
             torch.cuda.synchronize()

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -15,11 +14,16 @@ from .dtypes import AUTO, DTYPES, resolved_dtype
 from .detectors import DETECTORS
 from .keypoints import DEFAULT_SMOOTH, RESAMPLE_MODES, RETARGET_MODES
 from .orchestration import CROP_MODES, DEFAULT_CROP, DEFAULT_FACE_MARGIN
+from .cli_common import default_device, progress_bar, read_image, settings_from
 from .sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def window_batch_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of windows >= 1, got {text!r}")
+    return int(text)
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +40,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help=f"frames per window, at most {MAX_CONTEXT_FRAMES} (the published motion modules)")
     parser.add_argument("--context-overlap", type=int, default=defaults.context_overlap)
     parser.add_argument("--blend", choices=BLEND_WEIGHTS.names(), default=defaults.blend, help="how overlapping windows are fused")
-    parser.add_argument("--window-batch", type=int, default=1, help="windows denoised together (more = faster, more memory)")
+    parser.add_argument("--window-batch", type=window_batch_value, default="auto",
+                        help="windows denoised together: a count (more = more memory), or auto (by free GPU memory; 1 on CPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--scheduler", choices=SCHEDULERS.names(), default=defaults.scheduler)
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
@@ -48,44 +53,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                         help="keep each network on the GPU only while it runs and the latents in host memory")
 
 
-def settings_from(args: argparse.Namespace):
-    from .pipeline import GenerationSettings
-
-    return GenerationSettings(
-        width=args.width, height=args.height, fps=args.fps or GenerationSettings.fps, steps=args.steps,
-        guidance_scale=args.guidance,
-        reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
-        context_overlap=args.context_overlap, blend=args.blend, scheduler=args.scheduler, seed=args.seed,
-        window_batch=args.window_batch, deflicker=args.deflicker, latents_on_host=args.low_vram, compile=args.compile,
-        vae_tiling=args.vae_tiling,
-    )
-
-
-def progress_bar(settings, num_frames: int):
-    from .sampling import context_windows
-
-    windows = len(context_windows(num_frames, settings.context_frames, settings.context_overlap))
-    bar = tqdm(total=settings.steps * windows, desc="denoising", unit="window")
-
-    def update(progress) -> None:
-        bar.set_postfix_str(f"step {progress.step + 1}/{progress.num_steps}")
-        bar.update(1)
-
-    return bar, update
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"reference image {path} cannot be read as an image ({error})") from error
-
-
 def add_track_options(parser: argparse.ArgumentParser) -> None:
-    """The reference framing and where the head motion comes from (generate, preview-kps)."""
+    """The reference crop and where the head motion comes from (generate, preview-kps)."""
     driving = parser.add_mutually_exclusive_group()
     driving.add_argument("--kps", help="keypoint track: published kps.pth, or .npz/.json from extract-kps")
     driving.add_argument("--driving-video", help="video whose face motion drives the head")
@@ -98,8 +67,6 @@ def add_track_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", choices=CROP_MODES.names(), default=DEFAULT_CROP,
                         help="center: largest centred crop of the output aspect; face: around the detected face "
                              "with --face-margin; stretch: resize the whole photo (published)")
-    parser.add_argument("--face-margin", type=float, default=DEFAULT_FACE_MARGIN,
-                        help="for --crop face: space around the face box on each side, as a fraction of its size")
     parser.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     parser.add_argument("--smooth", type=float,
                         help="driving track jitter smoothing, 0 = off (default: 1 for --driving-video, 0 for --kps)")
@@ -119,9 +86,21 @@ def distributed_state():
     return PartialState()
 
 
+def face_margin(args: argparse.Namespace) -> float:
+    """--face-margin, or its default for the mode: the full-frame framing's with --paste-back/--dub,
+    else Load Reference's (for --crop face)."""
+    from .framing.commands import is_full_frame
+    from .framing.plan import DEFAULT_MARGIN
+
+    if args.face_margin is not None:
+        return args.face_margin
+    return DEFAULT_MARGIN if is_full_frame(args) else DEFAULT_FACE_MARGIN
+
+
 def run_generate(args: argparse.Namespace) -> Path:
     from .framing.commands import is_full_frame, run_full_frame
 
+    args = argparse.Namespace(**{**vars(args), "face_margin": face_margin(args)})
     if is_full_frame(args):
         return run_full_frame(args)
     if not args.reference:
@@ -286,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     add_track_options(generate)
     add_generation_options(generate)
     add_framing_options(generate)
+    generate.set_defaults(face_margin=None)  # per mode, see face_margin()
     generate.add_argument("--out", required=True, help="output .mp4")
     generate.set_defaults(run=run_generate)
 
@@ -309,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     preview.add_argument("--reference", required=True, help="portrait image")
     preview.add_argument("--audio", required=True, help="speech: sets the length (and drives speech_motion)")
     add_track_options(preview)
+    preview.add_argument("--face-margin", type=float, default=DEFAULT_FACE_MARGIN,
+                         help="for --crop face: space around the face box on each side, as a fraction of its size")
     preview.add_argument("--models", help="model directory (for insightface's buffalo_l)")
     preview.add_argument("--width", type=int, default=256, help="preview width (even)")
     preview.add_argument("--height", type=int, default=256, help="preview height (even)")

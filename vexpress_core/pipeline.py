@@ -16,10 +16,11 @@ from PIL import Image
 
 from .audio import SAMPLE_RATE, audio_windows_from_sequence, encode_audio, frame_count, padded_audio_sequence, validate_waveform
 from .checkpoint import VExpressModels
+from .frame_cache import DEFAULT_BUDGET_MB, FrameCache
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
 from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, accumulation_dtype,
-                       check_context, make_scheduler, sample)
+                       check_context, context_windows, make_scheduler, sample)
 from .settings import GenerationSettings
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
 
@@ -83,7 +84,9 @@ def encode_speech(models: VExpressModels, waveform_16k: np.ndarray, fps: float, 
     return Speech(waveform, hidden, num_frames, fps)
 
 
-def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int) -> Callable[[int, int], torch.Tensor]:
+def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int,
+                       budget_bytes: int = DEFAULT_BUDGET_MB * 2**20) -> FrameCache:
+    """Audio tokens [n, T, D] of any frame range; each frame projected once per generation within the budget."""
     sequence = padded_audio_sequence(speech.hidden, speech.num_frames, num_pad).to(models.device)
     projection = models.audio_projection
 
@@ -91,18 +94,28 @@ def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int) -> 
         windows = audio_windows_from_sequence(sequence, torch.arange(start, stop), num_pad)
         return projection(windows.to(projection.dtype))
 
-    return tokens
+    return FrameCache(tokens, speech.num_frames, 0, budget_bytes)
 
 
-def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int, height: int) -> Callable[[int, int], torch.Tensor]:
+def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int, height: int,
+                       budget_bytes: int = DEFAULT_BUDGET_MB * 2**20) -> FrameCache:
+    """V-Kps features [1, C, n, h, w] of any frame range; each frame drawn and run once per generation
+    within the budget."""
     guider = models.v_kps_guider
 
-    def features(start: int, stop: int) -> torch.Tensor:
+    step = host_frames_per_call(width, height) if models.device.type != "cuda" else None
+
+    def guided(start: int, stop: int) -> torch.Tensor:
         drawings = torch.from_numpy(draw_track(track, width, height, start, stop)).to(models.device)
         images = (drawings.to(guider.dtype) / 255.0).permute(3, 0, 1, 2)[None]
         return guider(images)
 
-    return features
+    def features(start: int, stop: int) -> torch.Tensor:
+        if step is None:
+            return guided(start, stop)
+        return torch.cat([guided(first, min(first + step, stop)) for first in range(start, stop, step)], dim=2)
+
+    return FrameCache(features, len(track), 2, budget_bytes)
 
 
 def initial_latents(seed: int, num_frames: int, width: int, height: int, channels: int = 4,
@@ -124,6 +137,47 @@ def published_noise_draws(models: VExpressModels) -> int:
     transformers (4.41.1) wav2vec2's encoder draws one torch.rand([]) per layer (the layer-drop
     check) even in eval mode - 12 for wav2vec2-base-960h."""
     return models.audio_encoder.config.num_hidden_layers
+
+
+# Rough activation memory of one window in the denoising UNet, in multiples of one CFG-doubled
+# window's latent-resolution tensor at the first block width (conservative for SD1.5 shapes).
+WINDOW_ACTIVATION_FACTOR = 48
+GPU_MEMORY_SHARE = 0.6
+
+
+# Off a GPU, frames per pixel-space network call (V-Kps guider, VAE decoder) are limited to this many
+# output pixels: their activations are the largest host allocations of a generation, and bigger
+# batches only pay off for small frames (measured: 8 frames per decode is 3x the memory of 2 for
+# ~20% less time at 128x128, and no faster than 4 at 256x256).
+HOST_PIXELS_PER_CALL = 4 * 128 * 128
+GPU_DECODE_CHUNK = 8
+
+
+def host_frames_per_call(width: int, height: int) -> int:
+    return max(1, HOST_PIXELS_PER_CALL // (width * height))
+
+
+def resolved_decode_chunk(settings: GenerationSettings, models: VExpressModels) -> int:
+    """`decode_chunk`, with "auto" resolved: 8 frames per VAE call on a GPU, by pixel count elsewhere."""
+    if settings.decode_chunk != "auto":
+        return settings.decode_chunk
+    return GPU_DECODE_CHUNK if models.device.type == "cuda" else host_frames_per_call(settings.width, settings.height)
+
+
+def resolved_window_batch(settings: GenerationSettings, models: VExpressModels, num_frames: int) -> int:
+    """`window_batch`, with "auto" resolved: on a GPU as many windows as fit in a share of the free
+    memory; elsewhere 1 (on CPU batching windows is no faster and costs memory: issue 12's table)."""
+    if settings.window_batch != "auto":
+        return settings.window_batch
+    if models.device.type != "cuda":
+        return 1
+    unet = models.denoising_unet
+    window = min(settings.context_frames, num_frames)
+    per_window = (2 * window * (settings.height // 8) * (settings.width // 8) * unet.config.block_out_channels[0]
+                  * unet.dtype.itemsize * WINDOW_ACTIVATION_FACTOR)
+    free, _ = torch.cuda.mem_get_info(models.device)
+    windows = len(context_windows(num_frames, settings.context_frames, settings.context_overlap))
+    return max(1, min(windows, int(free * GPU_MEMORY_SHARE // per_window)))
 
 
 def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) -> None:
@@ -158,11 +212,12 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     expected = (1, channels, num_frames, height // factor, width // factor)
     if tuple(latents.shape) != expected:
         raise ValueError(f"initial latents have shape {tuple(latents.shape)}, expected {expected}")
-    conditions = Conditions(
-        reference.features,
-        audio_token_source(models, speech, settings.num_pad_audio_frames),
-        kps_feature_source(models, track, width, height),
-    )
+    budget = settings.conditioning_budget_mb * 2**20
+    audio_tokens = audio_token_source(models, speech, settings.num_pad_audio_frames, budget)
+    audio_tokens.fill()
+    kps_features = kps_feature_source(models, track, width, height, budget - audio_tokens.kept_bytes)
+    kps_features.fill()
+    conditions = Conditions(reference.features, audio_tokens, kps_features)
     unet = CompiledWithFallback(models.denoising_unet) if settings.compile else models.denoising_unet
     denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
                               settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
@@ -175,7 +230,7 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     return sample(
         denoiser, latents, make_scheduler(settings.scheduler), settings.steps,
         context_frames=settings.context_frames, context_overlap=settings.context_overlap, blend=settings.blend,
-        window_batch=settings.window_batch, generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
+        window_batch=resolved_window_batch(settings, models, num_frames), generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
     )
 
 
@@ -204,7 +259,7 @@ def frames_hwc(chunks: Iterator[torch.Tensor], deflicker: bool) -> Iterator[np.n
 def video_chunks(models: VExpressModels, latents: torch.Tensor, settings: GenerationSettings,
                  cancel: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
     """The output frames of final latents as uint8 [n, H, W, 3] chunks, decoded and deflickered as set."""
-    decoded = decoded_chunks(models, latents, settings.decode_chunk, cancel, settings.vae_tiling)
+    decoded = decoded_chunks(models, latents, resolved_decode_chunk(settings, models), cancel, settings.vae_tiling)
     return frames_hwc(decoded, settings.deflicker)
 
 

@@ -8,6 +8,7 @@ The model call is composed as `guided(windowed(unet))`-style pure pieces:
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -138,14 +139,17 @@ class GuidedDenoiser:
     """Model predictions with classifier-free guidance, for several windows in one batch.
 
     The unconditional branch zeroes the reference features, the V-Kps features and the audio
-    tokens as inputs; the attention layers still run on the zero contexts, as published.
+    tokens as inputs. With zero contexts the reference and audio attentions output exactly their
+    output projections' biases, so by default (`zero_context_shortcut`) the UNet gives the
+    unconditional half that output instead of running those attentions (bit-identical).
     With `cache_reference_kv` the reference attention's keys and values are computed once and
     shared by all frames (same values, a different order of floating-point operations).
     Window latents are moved to the UNet's device and predictions back to the latents' device,
     so latents may stay in host memory when the device is short of it."""
 
     def __init__(self, unet, conditions: Conditions, guidance_scale: float = 3.5,
-                 reference_weight: float = 1.0, audio_weight: float = 1.0, cache_reference_kv: bool = False):
+                 reference_weight: float = 1.0, audio_weight: float = 1.0, cache_reference_kv: bool = False,
+                 zero_context_shortcut: bool = True):
         self.unet = unet
         self.cache_reference_kv = cache_reference_kv
         self.conditions = conditions
@@ -153,6 +157,7 @@ class GuidedDenoiser:
         self.reference_weight = reference_weight
         self.audio_weight = audio_weight
         self.guided = guidance_scale > 1.0
+        self.shortcut = self.guided and zero_context_shortcut
         self._reference_cache: dict[int, dict[str, torch.Tensor]] = {}
 
     def _reference(self, windows: int) -> dict[str, torch.Tensor]:
@@ -160,7 +165,7 @@ class GuidedDenoiser:
             features = {}
             for path, feature in self.conditions.reference_features.items():
                 batch = feature.expand(windows, *feature.shape[1:])
-                features[path] = _with_unconditional(batch) if self.guided else batch
+                features[path] = _with_unconditional(batch) if self.guided and not self.shortcut else batch
             if self.cache_reference_kv:
                 features = self.unet.reference_kv(features)
             self._reference_cache[windows] = features  # at most two sizes: full batches and the remainder
@@ -177,11 +182,12 @@ class GuidedDenoiser:
             kps = torch.cat([self.conditions.kps_features(w[0], w[-1] + 1) for w in windows]).to(device, dtype)
         if self.guided:
             batch = torch.cat([batch, batch])
-            audio = _with_unconditional(audio)
+            audio = audio if self.shortcut else _with_unconditional(audio)
             kps = _with_unconditional(kps) if kps is not None else None
         prediction = self.unet(
             batch, timestep, audio.flatten(0, 1), self._reference(len(windows)), kps,
             reference_weight=self.reference_weight, audio_weight=self.audio_weight,
+            zero_context_videos=len(windows) if self.shortcut else 0,
         ).to(accumulation_dtype(dtype))
         if self.guided:
             unconditional, conditional = prediction.chunk(2)
@@ -257,6 +263,13 @@ def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep
     return (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
 
 
+def step_options(scheduler, **options) -> dict:
+    """The options (eta, the seeded generator) that this scheduler's `step` accepts, so the seed
+    reaches any scheduler that draws noise while stepping, not only DDIM."""
+    accepted = inspect.signature(scheduler.step).parameters
+    return {name: value for name, value in options.items() if name in accepted}
+
+
 def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps: int, *,
            context_frames: int = 24, context_overlap: int = 4, blend: str = "mean", window_batch: int = 1,
            generator: torch.Generator | None = None, eta: float = 0.0,
@@ -272,7 +285,7 @@ def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps
     windows = context_windows(num_frames, context_frames, context_overlap)
     scheduler.set_timesteps(num_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
-    step_kwargs = {"eta": eta, "generator": generator} if isinstance(scheduler, DDIMScheduler) else {}
+    step_kwargs = step_options(scheduler, eta=eta, generator=generator)
     latest: dict = {}  # the last window's frames and clean-latent estimate, for the callback
     for index, timestep in enumerate(scheduler.timesteps):
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from .frame_cache import DEFAULT_BUDGET_MB
 from .sampling import BLEND_WEIGHTS, SCHEDULERS, check_context
 
 
@@ -61,16 +62,21 @@ class WindowSettings:
 class MemorySettings:
     """Memory/speed trade-offs: where tensors live, how much runs per call, compilation."""
 
-    window_batch: int = 1
-    decode_chunk: int = 8
+    window_batch: int | str = "auto"
+    decode_chunk: int | str = "auto"
     cache_reference_kv: bool = True
     latents_on_host: bool = False
     compile: bool = False
     vae_tiling: bool = False
+    conditioning_budget_mb: int = DEFAULT_BUDGET_MB
 
     def __post_init__(self) -> None:
-        if self.window_batch < 1 or self.decode_chunk < 1:
-            raise ValueError("window_batch and decode_chunk must be at least 1")
+        for name in ("window_batch", "decode_chunk"):
+            value = getattr(self, name)
+            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be 'auto' or at least 1, got {value!r}")
+        if self.conditioning_budget_mb < 0:
+            raise ValueError(f"conditioning_budget_mb must be 0 or more, got {self.conditioning_budget_mb}")
 
 
 GROUPS = {"sampling": SamplingSettings, "windows": WindowSettings, "memory": MemorySettings}

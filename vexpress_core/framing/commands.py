@@ -68,11 +68,13 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
-    from .. import cli
+    from .. import cli_common as cli
+    from ..orchestration import driving_track
     from ..audio import SAMPLE_RATE, load_audio
     from ..checkpoint import load_models
     from ..dtypes import resolved_dtype
-    from ..keypoints import make_detector, output_track
+    from ..detectors import make_detector
+    from ..keypoints import output_track
     from ..offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS, placed
     from ..pipeline import denoise, encode_speech, prepare_reference, video_chunks
     from ..video import VideoWriter, check_output_path
@@ -111,7 +113,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     if framing.video is not None:
         track = framing.driving_track(frames, settings.fps)
     else:
-        driving = cli.driving_track(args, detector)
+        driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index)
         retarget = args.retarget or ("naive_retarget" if driving is not None else "fix_face")
         track = output_track(framing.reference_kps, driving, width, height, frames, retarget,
                              args.kps_resample, settings.fps)

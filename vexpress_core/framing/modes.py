@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..keypoints import FaceDetector, KeypointTrack, read_video_frames, video_fps_and_length
+from ..detectors import FaceDetector
+from ..keypoints import KeypointTrack
+from ..video import read_video_frames, video_fps_and_length
 from .plan import (
     DEFAULT_MARGIN,
     DEFAULT_SMOOTHING_SECONDS,

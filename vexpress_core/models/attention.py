@@ -24,6 +24,34 @@ class ReferenceKV:
     value: torch.Tensor
 
 
+class PlainAttnProcessor:
+    """diffusers' `AttnProcessor2_0` for the plain attention V-Express uses (no mask, spatial or group
+    norm, q/k norms, residual connection or output rescaling) without the steps that are then no-ops
+    but still cost a pass over the output (the division by `rescale_output_factor` = 1): the same
+    operations otherwise, so bit-identical results."""
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if attention_mask is not None or kwargs:
+            raise ValueError("PlainAttnProcessor takes no attention mask or extra arguments")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch = hidden_states.shape[0]
+        query = _heads(attn.to_q(hidden_states), attn.heads)
+        key, value = _heads(attn.to_k(context), attn.heads), _heads(attn.to_v(context), attn.heads)
+        out = F.scaled_dot_product_attention(query, key, value)
+        out = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[3])
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def use_plain_processor(attention: Attention) -> None:
+    """Give `attention` the `PlainAttnProcessor` if it is a plain attention (else keep diffusers' own)."""
+    plain = (attention.spatial_norm is None and attention.group_norm is None and attention.norm_q is None
+             and attention.norm_k is None and not attention.norm_cross and not attention.residual_connection
+             and attention.rescale_output_factor == 1.0)
+    if plain:
+        attention.set_processor(PlainAttnProcessor())
+
+
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
     batch, length, channels = tensor.shape
     return tensor.view(batch, length, heads, channels // heads).transpose(1, 2)
@@ -42,6 +70,8 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         )
         self.norm1_5 = nn.LayerNorm(dim)
         self.attn1_5 = Attention(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim, bias=False)
+        for attention in (self.attn1, self.attn1_5, self.attn2):
+            use_plain_processor(attention)
 
     def reference_kv(self, reference_feature: torch.Tensor) -> ReferenceKV:
         heads = self.attn1_5.heads
@@ -55,6 +85,11 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         out = out.transpose(1, 2).reshape(batch_frames, pixels, channels)
         return self.attn1_5.to_out[1](self.attn1_5.to_out[0](out))
 
+    def _reference_attention(self, normed: torch.Tensor, reference_feature: torch.Tensor | ReferenceKV) -> torch.Tensor:
+        if isinstance(reference_feature, ReferenceKV):
+            return self._cached_reference_attention(normed, reference_feature)
+        return self.attn1_5(normed, encoder_hidden_states=reference_feature)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -62,18 +97,42 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         reference_feature: torch.Tensor | ReferenceKV,
         reference_weight: float = 1.0,
         audio_weight: float = 1.0,
+        zero_context_rows: int = 0,
     ) -> torch.Tensor:
+        """`zero_context_rows`: the leading rows of the batch whose reference feature and audio tokens are
+        all zeros (CFG's unconditional branch). `audio_tokens` and `reference_feature` then hold only the
+        other rows; see `zero_context_residual`."""
         norm_hidden = self.norm1(hidden_states)
         hidden_states = hidden_states + self.attn1(norm_hidden)
-        normed = self.norm1_5(hidden_states)
-        if isinstance(reference_feature, ReferenceKV):
-            reference_out = self._cached_reference_attention(normed, reference_feature)
-        else:
-            reference_out = self.attn1_5(normed, encoder_hidden_states=reference_feature)
-        hidden_states = hidden_states + reference_weight * reference_out
-        audio_out = self.attn2(self.norm2(hidden_states), encoder_hidden_states=audio_tokens)
-        hidden_states = hidden_states + audio_weight * audio_out
+        rows = zero_context_rows
+        if rows and not (_zero_context_gives_bias(self.attn1_5) and _zero_context_gives_bias(self.attn2)):
+            raise ValueError("zero_context_rows needs attn1_5 and attn2 without key/value biases")
+        reference_out = self._reference_attention(self.norm1_5(hidden_states[rows:]), reference_feature)
+        hidden_states = zero_context_residual(hidden_states, reference_out, reference_weight, rows, self.attn1_5)
+        audio_out = self.attn2(self.norm2(hidden_states[rows:]), encoder_hidden_states=audio_tokens)
+        hidden_states = zero_context_residual(hidden_states, audio_out, audio_weight, rows, self.attn2)
         return hidden_states + self.ff(self.norm3(hidden_states))
+
+
+def _zero_context_gives_bias(attention: Attention) -> bool:
+    return attention.to_k.bias is None and attention.to_v.bias is None and attention.residual_connection is False \
+        and attention.rescale_output_factor == 1.0
+
+
+def zero_context_residual(hidden_states: torch.Tensor, out: torch.Tensor, weight: float, zero_rows: int,
+                          attention: Attention) -> torch.Tensor:
+    """`hidden + weight * attention(hidden, context)` where `out` is the attention's output for the rows
+    after the first `zero_rows`, whose context is all zeros. For those rows keys and values are zero
+    (no key/value biases), so the attention's output is exactly its output projection's bias: that is
+    what they get, bit for bit, without running the attention."""
+    if not zero_rows:
+        return hidden_states + weight * out
+    bias = attention.to_out[0].bias
+    zero_out = weight * (bias if bias is not None else hidden_states.new_zeros(hidden_states.shape[-1]))
+    result = torch.empty_like(hidden_states)
+    torch.add(hidden_states[:zero_rows], zero_out, out=result[:zero_rows])
+    torch.add(hidden_states[zero_rows:], weight * out, out=result[zero_rows:])
+    return result
 
 
 class SpatialTransformer(nn.Module):
@@ -95,12 +154,14 @@ class SpatialTransformer(nn.Module):
         reference_features: list[torch.Tensor],
         reference_weight: float,
         audio_weight: float,
+        zero_context_rows: int = 0,
     ) -> torch.Tensor:
         batch, channels, height, width = hidden_states.shape
         residual = hidden_states
         hidden_states = self.proj_in(self.norm(hidden_states))
         hidden_states = hidden_states.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
         for block, reference_feature in zip(self.transformer_blocks, reference_features):
-            hidden_states = block(hidden_states, audio_tokens, reference_feature, reference_weight, audio_weight)
+            hidden_states = block(hidden_states, audio_tokens, reference_feature, reference_weight, audio_weight,
+                                  zero_context_rows)
         hidden_states = hidden_states.reshape(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
         return self.proj_out(hidden_states) + residual

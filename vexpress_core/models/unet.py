@@ -47,7 +47,8 @@ class FrameResnetBlock(ResnetBlock2D):
         time = self.time_emb_proj(self.nonlinearity(temb)).repeat_interleave(num_frames, dim=0)
         hidden_states = hidden_states + time[:, :, None, None]
         hidden_states = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden_states))))
-        return (shortcut + hidden_states) / self.output_scale_factor
+        output = shortcut + hidden_states
+        return output if self.output_scale_factor == 1.0 else output / self.output_scale_factor
 
 
 class UNetStage(nn.Module):
@@ -175,7 +176,8 @@ class VExpressUNet(ModelMixin, ConfigMixin):
     def _attend(self, attention: SpatialTransformer, hidden, context, path: str):
         """A spatial transformer with the reference features of its blocks (paired by module path)."""
         references = [context["reference"][f"{path}.transformer_blocks.{j}"] for j in range(len(attention.transformer_blocks))]
-        return self._run(attention, hidden, context["audio"], references, context["reference_weight"], context["audio_weight"])
+        return self._run(attention, hidden, context["audio"], references, context["reference_weight"], context["audio_weight"],
+                         context["zero_context_rows"])
 
     def _stage_layers(self, stage: UNetStage, hidden, temb, context, block_path: str, skips=None, collect=None):
         num_frames = context["num_frames"]
@@ -200,14 +202,18 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         kps_features: torch.Tensor | None = None,
         reference_weight: float = 1.0,
         audio_weight: float = 1.0,
+        zero_context_videos: int = 0,
     ) -> torch.Tensor:
         """Predict the model output for video latents.
 
-        sample [B, C, F, h, w]; audio_tokens [B*F, T, D] (frame-major within each batch item);
-        reference_features: block path -> [B or B*F, L, C]; kps_features [B, C0, F, h, w] or None.
-        Returns [B, C_out, F, h, w].
+        sample [B, C, F, h, w]; audio_tokens [B'*F, T, D] (frame-major within each batch item);
+        reference_features: block path -> [B' or B'*F, L, C]; kps_features [B, C0, F, h, w] or None.
+        `zero_context_videos` (Z): the first Z videos have all-zero reference features and audio tokens
+        (CFG's unconditional branch); those are not passed (B' = B - Z) and the reference and audio
+        attentions give them their exact zero-context output without running. Returns [B, C_out, F, h, w].
         """
         batch, _, num_frames, height, width = sample.shape
+        conditional = batch - zero_context_videos
         hidden = sample.permute(0, 2, 1, 3, 4).reshape(batch * num_frames, -1, height, width)
 
         timesteps = torch.as_tensor(timestep, device=sample.device)
@@ -216,14 +222,16 @@ class VExpressUNet(ModelMixin, ConfigMixin):
 
         context = {
             "num_frames": num_frames,
-            "audio": audio_tokens.reshape(batch * num_frames, *audio_tokens.shape[-2:]),
+            "audio": audio_tokens.reshape(conditional * num_frames, *audio_tokens.shape[-2:]),
             "reference": {
                 path: (feature.repeat_interleave(num_frames, dim=0)
-                       if not isinstance(feature, ReferenceKV) and feature.shape[0] == batch != batch * num_frames else feature)
+                       if not isinstance(feature, ReferenceKV) and feature.shape[0] == conditional != conditional * num_frames
+                       else feature)
                 for path, feature in reference_features.items()
             },
             "reference_weight": reference_weight,
             "audio_weight": audio_weight,
+            "zero_context_rows": zero_context_videos * num_frames,
         }
 
         hidden = self.conv_in(hidden)
