@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vexpress_core import keypoints as kp
-from vexpress_core.keypoints_preview import overlay_track, preview_strip
+from vexpress_core.keypoints.preview import overlay_track, preview_strip
 
 
 def circle_track(frames=12, size=(256, 192), fps=12.0):

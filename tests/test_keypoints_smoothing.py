@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from vexpress_core import keypoints as kp
-from vexpress_core.keypoints_smoothing import eye_distance, smoothed_points, smoothed_track, track_jerk
+from vexpress_core.detectors import extract_track_from_video, make_detector
+from vexpress_core.keypoints.smoothing import eye_distance, smoothed_points, smoothed_track, track_jerk
 
 SAMPLE = "short_case_tys"
 
@@ -10,7 +11,7 @@ SAMPLE = "short_case_tys"
 @pytest.fixture(scope="module")
 def gt_track(samples_dir):
     """The sample's driving-video track, extracted with the default detector (about 10 s)."""
-    return kp.extract_track_from_video(samples_dir / SAMPLE / "gt.mp4", kp.make_detector())
+    return extract_track_from_video(samples_dir / SAMPLE / "gt.mp4", make_detector())
 
 
 def still_track(frames=60, noise=0.8, fps=25.0, seed=0):

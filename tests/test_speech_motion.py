@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vexpress_core import keypoints as kp
-from vexpress_core import speech_motion as sm
+from vexpress_core.keypoints import speech_motion as sm
 from vexpress_core.audio import SAMPLE_RATE, load_audio
 
 FPS = 25.0
@@ -96,3 +96,12 @@ def test_bad_inputs_are_refused(clip):
         sm.speech_motion_points(reference[:2], waveform, 10, FPS, WIDTH)
     with pytest.raises(ValueError, match="fps"):
         sm.speech_motion_points(reference, waveform, 10, 0, WIDTH)
+
+
+def test_speech_motion_is_a_retarget_mode(clip):
+    context = kp.RetargetContext(clip["waveform"], motion_scale=0.5, motion_seed=3)
+    track = kp.output_track(clip["reference"], None, WIDTH, WIDTH, clip["frames"], "speech_motion", fps=FPS, context=context)
+    assert track.frame_size == (WIDTH, WIDTH) and track.fps == FPS and len(track) == clip["frames"]
+    assert np.array_equal(track.points, motion(clip, scale=0.5, seed=3))
+    with pytest.raises(ValueError, match="speech_motion.*RetargetContext"):
+        kp.output_track(clip["reference"], None, WIDTH, WIDTH, clip["frames"], "speech_motion", fps=FPS)

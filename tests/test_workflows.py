@@ -65,6 +65,10 @@ CORE_NODES = {
                   "optional": {"audio": ["AUDIO", {}]}},
         "output": ["VIDEO"], "output_name": ["VIDEO"],
     },
+    "PreviewImage": {
+        "input": {"required": {"images": ["IMAGE", {}]}},
+        "output": [], "output_name": [], "output_node": True,
+    },
     "SaveVideo": {
         "input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
                                "format": ["COMBO", {"options": ["auto", "mp4"], "default": "auto"}],
@@ -255,8 +259,8 @@ def load_workflow(name: str, api: bool) -> dict:
     return json.loads((WORKFLOWS / ("api" if api else "") / f"{name}.json").read_text())
 
 
-def test_five_workflows_with_api_twins():
-    assert len(NAMES) == 5
+def test_six_workflows_with_api_twins():
+    assert len(NAMES) == 6
     assert sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json")) == NAMES
 
 
@@ -317,11 +321,11 @@ def decode_audio(path) -> dict:
 
 
 class CoreStandIns:
-    """ComfyUI's LoadImage, LoadAudio, LoadVideo, GetVideoComponents, CreateVideo and SaveVideo,
+    """ComfyUI's LoadImage, LoadAudio, LoadVideo, GetVideoComponents, CreateVideo, PreviewImage and SaveVideo,
     returning the same types (IMAGE float [B,H,W,3], AUDIO dict, VIDEO, FLOAT fps, an mp4)."""
 
     def __init__(self, inputs: dict[str, Path], output_dir: Path):
-        self.inputs, self.output_dir, self.saved = inputs, output_dir, []
+        self.inputs, self.output_dir, self.saved, self.previewed = inputs, output_dir, [], []
 
     def LoadImage(self, image):
         from PIL import Image
@@ -345,6 +349,10 @@ class CoreStandIns:
 
     def CreateVideo(self, images, fps, audio=None):
         return ({"images": images, "fps": fps, "audio": audio},)
+
+    def PreviewImage(self, images):
+        self.previewed.append(images)
+        return ()
 
     def SaveVideo(self, video, filename_prefix, format, codec):
         audio = video["audio"]

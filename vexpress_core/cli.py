@@ -1,4 +1,4 @@
-"""Command line: `python -m vexpress_core {generate,demo,extract-kps,convert,make-tiny-models,download}`."""
+"""Command line: `python -m vexpress_core {generate,demo,extract-kps,preview-kps,convert,make-tiny-models,download}`."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .dtypes import AUTO, DTYPES, resolved_dtype
 from .detectors import DETECTORS, MissingBackend
-from .keypoints import RESAMPLE_MODES, RETARGET_MODES
+from .keypoints import DEFAULT_SMOOTH, RESAMPLE_MODES, RETARGET_MODES
 from .orchestration import CROP_MODES, DEFAULT_CROP, DEFAULT_FACE_MARGIN
 from .cli_common import default_device, progress_bar, read_image, settings_from
 from .sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
@@ -51,6 +51,28 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (falls back to eager on failure)")
     parser.add_argument("--low-vram", action="store_true",
                         help="keep each network on the GPU only while it runs and the latents in host memory")
+
+
+def add_track_options(parser: argparse.ArgumentParser) -> None:
+    """The reference crop and where the head motion comes from (generate, preview-kps)."""
+    driving = parser.add_mutually_exclusive_group()
+    driving.add_argument("--kps", help="keypoint track: published kps.pth, or .npz/.json from extract-kps")
+    driving.add_argument("--driving-video", help="video whose face motion drives the head")
+    parser.add_argument("--retarget", choices=RETARGET_MODES.names(),
+                        help="default: fix_face without a driving track, naive_retarget with one; "
+                             "speech_motion: head motion from the speech, no driving track")
+    parser.add_argument("--kps-resample", choices=RESAMPLE_MODES.names(), help="default: time when the track knows its fps")
+    parser.add_argument("--kps-fps", type=float, help="fps of a published kps.pth track (enables time resampling)")
+    parser.add_argument("--face-index", type=int, help="face to use, counted from the left (default: largest)")
+    parser.add_argument("--crop", choices=CROP_MODES.names(), default=DEFAULT_CROP,
+                        help="center: largest centred crop of the output aspect; face: around the detected face "
+                             "with --face-margin; stretch: resize the whole photo (published)")
+    parser.add_argument("--detector", choices=DETECTORS.names(), default="auto")
+    parser.add_argument("--smooth", type=float,
+                        help="driving track jitter smoothing, 0 = off (default: 1 for --driving-video, 0 for --kps)")
+    parser.add_argument("--motion-scale", type=float, default=1.0,
+                        help="--retarget speech_motion: 0 = still head (fix_face), 1 = natural, up to 2")
+    parser.add_argument("--motion-seed", type=int, default=0, help="--retarget speech_motion: another seed, another motion")
 
 
 def distributed_state():
@@ -103,7 +125,7 @@ def run_generate(args: argparse.Namespace) -> Path:
     idle_device = torch.device("cpu") if args.low_vram else run_device
     detector = make_detector(args.detector, args.models)
     framed = framed_reference(image, settings.width, settings.height, detector, framing)
-    driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index)
+    driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index, args.smooth)
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
 
     def using(names):
@@ -111,7 +133,7 @@ def run_generate(args: argparse.Namespace) -> Path:
 
     reference = reference_phase(using, framed)
     speech = speech_phase(using, waveform, settings.fps, name=str(args.audio))
-    track = track_phase(reference, speech, driving, args.retarget, args.kps_resample)
+    track = track_phase(reference, speech, driving, args.retarget, args.kps_resample, args.motion_scale, args.motion_seed)
     if state is not None and not state.is_main_process:
         with using(DENOISING_NETWORKS) as active:  # this process's share of the windows
             denoise(active, reference.reference, speech, track, generation_settings(reference, speech, settings))
@@ -153,7 +175,7 @@ def run_demo(args: argparse.Namespace) -> Path:
 
 def run_extract(args: argparse.Namespace) -> Path:
     from .detectors import extract_track_from_video, make_detector
-    from .keypoints import save_track
+    from .keypoints import save_track, smoothed_track
 
     detector = make_detector(args.detector, args.models)
     with tqdm(desc="detecting faces", unit="frame") as bar:
@@ -162,9 +184,41 @@ def run_extract(args: argparse.Namespace) -> Path:
             bar.update(done - bar.n)
 
         track = extract_track_from_video(args.video, detector, args.face_index, progress)
-    save_track(track, args.out)
+    save_track(smoothed_track(track, args.smooth), args.out)
     print(f"wrote {args.out}: {len(track)} frames at {track.fps} fps, {int((~track.valid).sum())} filled")
     return Path(args.out)
+
+
+def run_preview_kps(args: argparse.Namespace) -> Path:
+    """The track generate would draw, over the framed reference photo, before any network runs:
+    an mp4 with the speech, or a PNG strip of frames."""
+    import cv2
+
+    from .audio import SAMPLE_RATE, frame_count, load_audio
+    from .detectors import make_detector
+    from .keypoints.preview import overlay_track, preview_strip
+    from .orchestration import Framing, driving_track, framed_reference, planned_track
+    from .video import check_output_path, write_mp4
+
+    out = check_output_path(args.out)
+    if out.suffix.lower() not in (".mp4", ".png"):
+        raise ValueError(f"{out}: preview-kps writes an .mp4 (with the speech) or a .png strip")
+    waveform = load_audio(args.audio)
+    num_frames = frame_count(len(waveform), SAMPLE_RATE, args.fps)
+    detector = make_detector(args.detector, args.models)
+    framed = framed_reference(read_image(args.reference), args.width, args.height, detector,
+                              Framing(args.crop, args.face_margin, args.face_index))
+    driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index, args.smooth)
+    track = planned_track(framed.keypoints, (args.width, args.height), waveform, num_frames, args.fps, driving,
+                          args.retarget, args.kps_resample, args.motion_scale, args.motion_seed)
+    frames = overlay_track(framed.image, track)
+    if out.suffix.lower() == ".png":
+        strip = preview_strip(frames, args.strip_frames, args.height)
+        cv2.imwrite(str(out), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+    else:
+        write_mp4(frames, out, args.fps, audio=(waveform, SAMPLE_RATE))
+    print(f"wrote {out}: {len(track)} frames at {args.fps} fps")
+    return out
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -208,18 +262,7 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--weights", help="folder with the five V-Express files (e.g. a training checkpoint)")
     generate.add_argument("--reference", help="portrait image (with --dub: optional, a photo to use as the face)")
     generate.add_argument("--audio", required=True, help="speech: any audio file or a video's soundtrack")
-    driving = generate.add_mutually_exclusive_group()
-    driving.add_argument("--kps", help="keypoint track: published kps.pth, or .npz/.json from extract-kps")
-    driving.add_argument("--driving-video", help="video whose face motion drives the head")
-    generate.add_argument("--retarget", choices=RETARGET_MODES.names(),
-                          help="default: fix_face without a driving track, naive_retarget with one")
-    generate.add_argument("--kps-resample", choices=RESAMPLE_MODES.names(), help="default: time when the track knows its fps")
-    generate.add_argument("--kps-fps", type=float, help="fps of a published kps.pth track (enables time resampling)")
-    generate.add_argument("--face-index", type=int, help="face to use, counted from the left (default: largest)")
-    generate.add_argument("--crop", choices=CROP_MODES.names(), default=DEFAULT_CROP,
-                          help="center: largest centred crop of the output aspect; face: around the detected face "
-                               "with --face-margin; stretch: resize the whole photo (published)")
-    generate.add_argument("--detector", choices=DETECTORS.names(), default="auto")
+    add_track_options(generate)
     add_generation_options(generate)
     add_framing_options(generate)
     generate.set_defaults(face_margin=None)  # per mode, see face_margin()
@@ -239,7 +282,22 @@ def parser() -> argparse.ArgumentParser:
     extract.add_argument("--models", help="model directory (for insightface's buffalo_l)")
     extract.add_argument("--detector", choices=DETECTORS.names(), default="auto")
     extract.add_argument("--face-index", type=int)
+    extract.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH, help="jitter smoothing strength, 0 = raw detections")
     extract.set_defaults(run=run_extract)
+
+    preview = commands.add_parser("preview-kps", help="the head path drawn over the photo before sampling (.mp4 or .png)")
+    preview.add_argument("--reference", required=True, help="portrait image")
+    preview.add_argument("--audio", required=True, help="speech: sets the length (and drives speech_motion)")
+    add_track_options(preview)
+    preview.add_argument("--face-margin", type=float, default=DEFAULT_FACE_MARGIN,
+                         help="for --crop face: space around the face box on each side, as a fraction of its size")
+    preview.add_argument("--models", help="model directory (for insightface's buffalo_l)")
+    preview.add_argument("--width", type=int, default=256, help="preview width (even)")
+    preview.add_argument("--height", type=int, default=256, help="preview height (even)")
+    preview.add_argument("--fps", type=float, default=30.0)
+    preview.add_argument("--strip-frames", type=int, default=5, help="for a .png: frames side by side")
+    preview.add_argument("out", help="OUT.mp4 (small video with the speech) or OUT.png (a strip of frames)")
+    preview.set_defaults(run=run_preview_kps)
 
     convert = commands.add_parser("convert", help="check the five V-Express files strictly and write safetensors")
     convert.add_argument("src", help="model directory")

@@ -25,7 +25,7 @@ import numpy as np
 from . import pipeline
 from .checkpoint import VExpressModels
 from .detectors import Face, FaceDetector, extract_track_from_video, select_face
-from .keypoints import KeypointTrack, crop_box, load_any_track, output_track
+from .keypoints import DEFAULT_SMOOTH, KeypointTrack, RetargetContext, crop_box, load_any_track, output_track, smoothed_track
 from .offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, SPEECH_NETWORKS
 from .pipeline import Generation, GenerationSettings, Reference, Speech
 from .registry import Registry
@@ -159,16 +159,18 @@ def speech_phase(using: Using, waveform_16k: np.ndarray, fps: float, name: str =
 
 def driving_track(kps_file: str | Path | None = None, kps_fps: float | None = None,
                   driving_video: str | Path | None = None, detector: FaceDetector | None = None,
-                  face_index: int | None = None) -> KeypointTrack | None:
+                  face_index: int | None = None, smooth: float | None = None) -> KeypointTrack | None:
     """The driving track from a track file (its fps replaced by kps_fps when given) or from a video
-    (detected at the video's own resolution), or None without either."""
+    (detected at the video's own resolution), or None without either; smoothed with strength
+    `smooth` (default: DEFAULT_SMOOTH for a video, 0 = as is for a file)."""
     if kps_file is not None:
         track = load_any_track(kps_file)
-        return replace(track, fps=kps_fps) if kps_fps else track
+        return smoothed_track(replace(track, fps=kps_fps) if kps_fps else track, smooth or 0.0)
     if driving_video is not None:
         if detector is None:
             raise ValueError("a driving video needs a face detector")
-        return extract_track_from_video(driving_video, detector, face_index)
+        track = extract_track_from_video(driving_video, detector, face_index)
+        return smoothed_track(track, DEFAULT_SMOOTH if smooth is None else smooth)
     return None
 
 
@@ -178,11 +180,22 @@ def default_retarget_mode(driving: KeypointTrack | None) -> str:
 
 
 def track_phase(reference: PreparedReference, speech: Speech, driving: KeypointTrack | None,
-                retarget: str | None = None, resample: str | None = None) -> KeypointTrack:
+                retarget: str | None = None, resample: str | None = None,
+                motion_scale: float = 1.0, motion_seed: int = 0) -> KeypointTrack:
     """The keypoints drawn on each output frame: the driving track scaled to the output size,
-    resampled to the speech's frames and retargeted onto the reference face."""
-    return output_track(reference.keypoints, driving, reference.width, reference.height, speech.num_frames,
-                        retarget or default_retarget_mode(driving), resample, speech.fps)
+    resampled to the speech's frames and retargeted onto the reference face (or, for modes that make
+    their own motion such as speech_motion, moved with the speech)."""
+    return planned_track(reference.keypoints, (reference.width, reference.height), speech.waveform,
+                         speech.num_frames, speech.fps, driving, retarget, resample, motion_scale, motion_seed)
+
+
+def planned_track(keypoints: np.ndarray, size: tuple[int, int], waveform_16k: np.ndarray, num_frames: int,
+                  fps: float, driving: KeypointTrack | None, retarget: str | None = None, resample: str | None = None,
+                  motion_scale: float = 1.0, motion_seed: int = 0) -> KeypointTrack:
+    """`track_phase` from plain values, before any network has run (previews)."""
+    context = RetargetContext(waveform_16k, fps, size, motion_scale, motion_seed)
+    return output_track(keypoints, driving, size[0], size[1], num_frames, retarget or default_retarget_mode(driving),
+                        resample, fps, context=context)
 
 
 def generation_settings(reference: PreparedReference, speech: Speech, settings: GenerationSettings) -> GenerationSettings:

@@ -1,7 +1,7 @@
 """Retargeting a driving track onto the reference face: a registry of modes (SPEC step 8)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -41,13 +41,27 @@ def _scaled_to_reference_face(reference_kps: np.ndarray, driving: np.ndarray) ->
 
 
 @dataclass(frozen=True)
+class RetargetContext:
+    """What a mode that makes its own motion needs besides the keypoints: the speech (16 kHz mono),
+    the output fps and frame size (width, height), and `speech_motion`'s knobs."""
+
+    waveform_16k: np.ndarray | None = None
+    fps: float | None = None
+    frame_size: tuple[int, int] | None = None
+    motion_scale: float = 1.0
+    motion_seed: int = 0
+
+
+@dataclass(frozen=True)
 class RetargetMode:
     """`points(reference_kps [3,2], driving [N,3,2] or None, N)` -> the [N,3,2] points to draw, in the
     reference image's pixels (float64 reference, float32 driving points); `needs_track` = False when
-    the mode ignores the driving track."""
+    the mode ignores the driving track; `needs_context` = True when `points` takes a RetargetContext
+    as a fourth argument."""
 
-    points: Callable[[np.ndarray, "np.ndarray | None", int], np.ndarray]
+    points: Callable[..., np.ndarray]
     needs_track: bool = True
+    needs_context: bool = False
 
 
 def _offset_points(reference_kps: np.ndarray, driving: np.ndarray, num_frames: int) -> np.ndarray:
@@ -70,7 +84,8 @@ RETARGET_MODES.register("naive_retarget", RetargetMode(_naive_points))
 
 
 def retarget_track(
-    reference_kps: np.ndarray, track: KeypointTrack | None, num_frames: int, mode: str
+    reference_kps: np.ndarray, track: KeypointTrack | None, num_frames: int, mode: str,
+    *, context: RetargetContext | None = None,
 ) -> np.ndarray:
     """Keypoints float32 [num_frames,3,2] to draw, per retarget mode (SPEC step 8).
 
@@ -81,13 +96,16 @@ def retarget_track(
     if reference_kps.shape != (3, 2):
         raise ValueError(f"reference keypoints must have shape [3,2], got {list(reference_kps.shape)}")
     retarget = RETARGET_MODES[mode]
+    if retarget.needs_context and context is None:
+        raise ValueError(f"retarget mode {mode!r} needs the speech, fps and frame size (a RetargetContext)")
+    extra = (context,) if retarget.needs_context else ()
     if not retarget.needs_track:
-        return retarget.points(reference_kps, None, num_frames).astype(np.float32)
+        return np.asarray(retarget.points(reference_kps, None, num_frames, *extra), dtype=np.float32)
     if track is None:
         raise ValueError(f"retarget mode {mode!r} needs a keypoint track; use 'fix_face' without one")
     if len(track) != num_frames:
         raise ValueError(f"the track has {len(track)} frames but {num_frames} are needed; resample it first")
-    return np.array(retarget.points(reference_kps, track.points, num_frames), dtype=np.float32)
+    return np.array(retarget.points(reference_kps, track.points, num_frames, *extra), dtype=np.float32)
 
 
 def output_track(
@@ -99,15 +117,21 @@ def output_track(
     mode: str = "fix_face",
     resample_mode: str | None = None,
     fps: float | None = None,
+    *,
+    context: RetargetContext | None = None,
 ) -> KeypointTrack:
     """The keypoints to draw for each of num_frames output frames of size (width, height).
 
     reference_kps are in the output frame's pixels. The driving track is scaled from its frame
     size to (width, height), resampled (default: `default_resample_mode`) and retargeted.
+    `context` (its frame size and fps default to these) is for modes that make their own motion.
     """
+    if context is not None:
+        context = replace(context, frame_size=context.frame_size or (width, height), fps=context.fps or fps)
     if not RETARGET_MODES[mode].needs_track or track is None:
-        return KeypointTrack(retarget_track(reference_kps, None, num_frames, mode), (width, height), fps)
+        points = retarget_track(reference_kps, None, num_frames, mode, context=context)
+        return KeypointTrack(points, (width, height), fps)
     resample_mode = resample_mode or default_resample_mode(track)
     resampled = resample_track(track.scaled_to(width, height), num_frames, resample_mode, fps)
-    points = retarget_track(reference_kps, resampled, num_frames, mode)
+    points = retarget_track(reference_kps, resampled, num_frames, mode, context=context)
     return KeypointTrack(points, (width, height), fps, resampled.valid)

@@ -8,8 +8,9 @@ import math
 import cv2
 import numpy as np
 
-from .keypoints import KPS_COLOURS, KeypointTrack, draw_kps_image
-from .keypoints_smoothing import ASSUMED_FPS
+from .drawing import KPS_COLOURS, draw_kps_image
+from .smoothing import ASSUMED_FPS
+from .track import KeypointTrack
 
 TRAIL_COLOUR = (255, 255, 0)
 DEFAULT_TRAIL_SECONDS = 1.0

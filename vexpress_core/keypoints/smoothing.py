@@ -20,7 +20,7 @@ import math
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
-from .keypoints import KeypointTrack
+from .track import KeypointTrack
 
 DEFAULT_SMOOTH = 1.0
 # Published kps.pth tracks record no fps; V-Express renders at 30 fps by default (SPEC step 6).

@@ -20,8 +20,8 @@ import librosa
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
-from .audio import SAMPLE_RATE
-from .keypoints import KeypointTrack
+from ..audio import SAMPLE_RATE
+from .retargeting import RETARGET_MODES, RetargetContext, RetargetMode
 
 HOP_SECONDS = 0.01
 # Relative to the clip's loud level (95th percentile of frame loudness).
@@ -241,15 +241,11 @@ def speech_motion_points(
     return points.astype(np.float32)
 
 
-def speech_motion_track(
-    reference_kps: np.ndarray,
-    waveform: np.ndarray,
-    frame_size: tuple[int, int],
-    num_frames: int,
-    fps: float,
-    motion_scale: float = 1.0,
-    seed: int = 0,
-) -> KeypointTrack:
-    """`speech_motion_points` as a track of num_frames frames of frame_size (width, height) at fps."""
-    points = speech_motion_points(reference_kps, waveform, num_frames, fps, frame_size[0], motion_scale, seed)
-    return KeypointTrack(points, frame_size, fps)
+def _retargeted(reference_kps: np.ndarray, driving: None, num_frames: int, context: RetargetContext) -> np.ndarray:
+    if context.waveform_16k is None or not context.fps or context.frame_size is None:
+        raise ValueError("retarget mode 'speech_motion' needs the speech waveform, the fps and the frame size")
+    return speech_motion_points(reference_kps, context.waveform_16k, num_frames, context.fps, context.frame_size[0],
+                                context.motion_scale, context.motion_seed)
+
+
+RETARGET_MODES.register("speech_motion", RetargetMode(_retargeted, needs_track=False, needs_context=True))
