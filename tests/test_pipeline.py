@@ -169,6 +169,13 @@ def assert_retarget_mode(mode: str, points: np.ndarray, reference_kps: np.ndarra
     elif mode == "no_retarget":  # the driving track as is, scaled to the output frame
         scale = np.array([SIZE / driving.frame_size[0], SIZE / driving.frame_size[1]], np.float32)
         assert moves and np.allclose(points, driving.points[: len(points)] * scale, atol=1e-4)
+    elif mode == "speech_motion":  # our addition: the reference face moved by the speech, within its bounds
+        eye_distance = np.linalg.norm(points[:, 1] - points[:, 0], axis=-1)
+        reference_eyes = np.linalg.norm(reference_kps[1] - reference_kps[0])
+        assert np.abs(offsets[:, 2]).max() <= 0.08 * SIZE
+        assert np.all(np.abs(eye_distance / reference_eyes - 1) <= 0.05)
+    else:
+        raise AssertionError(f"no expectation written for retarget mode {mode!r}")
 
 
 @pytest.mark.parametrize("mode", kp.RETARGET_MODES.names())
@@ -180,7 +187,9 @@ def test_each_retarget_mode_with_a_published_track_writes_the_video(
     speech = encode_speech(models, audio, settings.fps)
     expected = int(len(audio) / RATE * settings.fps)
     assert speech.num_frames == expected == 15
-    track = output_track(reference_kps, published_track, SIZE, SIZE, speech.num_frames, mode, fps=settings.fps)
+    context = kp.RetargetContext(audio, settings.fps, (SIZE, SIZE))
+    track = output_track(reference_kps, published_track, SIZE, SIZE, speech.num_frames, mode, fps=settings.fps,
+                         context=context)
     assert len(track) == expected and track.frame_size == (SIZE, SIZE)
     assert len(published_track) > expected
     assert_retarget_mode(mode, track.points, reference_kps, published_track)

@@ -38,7 +38,7 @@ def test_every_extension_point_lists_its_published_choices_first():
     assert DETECTORS.names() == ("auto", "insightface", "retinaface")
     assert SCHEDULERS.names() == ("ddim", "dpmpp", "euler")
     assert BLEND_WEIGHTS.names() == ("mean", "ramp")
-    assert RETARGET_MODES.names() == ("fix_face", "no_retarget", "offset_retarget", "naive_retarget")
+    assert RETARGET_MODES.names() == ("fix_face", "no_retarget", "offset_retarget", "naive_retarget", "speech_motion")
     assert RESAMPLE_MODES.names() == ("stretch", "time")
     assert DTYPES.names() == ("fp32", "fp16", "bf16")
 

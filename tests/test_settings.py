@@ -15,7 +15,7 @@ def test_groups_hold_the_published_defaults():
     assert settings.memory == MemorySettings()
     assert (settings.steps, settings.guidance_scale, settings.reference_weight, settings.audio_weight) == (25, 3.5, 0.95, 3.0)
     assert (settings.context_frames, settings.context_overlap, settings.blend) == (24, 4, "mean")
-    assert (settings.window_batch, settings.decode_chunk, settings.cache_reference_kv) == (1, 8, True)
+    assert (settings.window_batch, settings.decode_chunk, settings.cache_reference_kv) == ("auto", "auto", True)
 
 
 def test_flat_and_grouped_construction_agree():
