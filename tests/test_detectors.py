@@ -9,6 +9,7 @@ from vexpress_core import demo, video
 from vexpress_core import detectors as det
 from vexpress_core import keypoints as kp
 from vexpress_core.detectors import Face
+from fake_detectors import FakeDetector
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +19,6 @@ def retinaface():
 
 def sample_dirs(samples_dir):
     return sorted(p.parent for p in samples_dir.glob("*/kps.pth"))
-
-
-class FakeDetector:
-    """Returns prepared faces per call, in order."""
-
-    def __init__(self, faces_per_frame):
-        self.faces_per_frame = list(faces_per_frame)
-        self.calls = 0
-
-    def detect(self, image):
-        faces = self.faces_per_frame[self.calls]
-        self.calls += 1
-        return faces
 
 
 def face_at(x, y, size=100.0, score=0.99):

@@ -29,6 +29,7 @@ from vexpress_core.framing import (
 )
 from vexpress_core.detectors import Face
 from vexpress_core.video import write_mp4
+from fake_detectors import FakeDetector
 
 CROP = (512, 512)
 
@@ -36,19 +37,6 @@ CROP = (512, 512)
 def face_at(x, y, size=100.0, score=0.99):
     kps = np.array([[x - 20, y], [x + 20, y], [x, y + 20], [x - 15, y + 40], [x + 15, y + 40]], np.float32)
     return Face((x - size / 2, y - size / 2, x + size / 2, y + size / 2), kps, score)
-
-
-class FakeDetector:
-    """Returns prepared faces per call, in order."""
-
-    def __init__(self, faces_per_frame):
-        self.faces_per_frame = list(faces_per_frame)
-        self.calls = 0
-
-    def detect(self, image):
-        faces = self.faces_per_frame[self.calls]
-        self.calls += 1
-        return faces
 
 
 def textured_frame(width, height, seed=0):
