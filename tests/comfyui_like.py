@@ -103,3 +103,16 @@ def spec_defaults(node) -> dict[str, Any]:
     """Every widget input at its declared default (what a freshly added node queues)."""
     return {spec.name: spec.default if spec.type != "COMBO" or spec.default is not None else spec.choices()[0]
             for spec in node.INPUTS if spec.is_widget}
+
+
+def load_handle(model_root: Path, keep_idle_on: str = "gpu"):
+    """The Load V-Express Models node's output for the tiny models under `model_root`, without ComfyUI."""
+    import pytest
+
+    runtime = NODES.runtime
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(runtime.MODEL_ROOT_ENV, str(model_root))
+        patch.setattr(runtime, "folder_paths", None)
+        (models,) = NODES.nodes_by_id()["VExpressLoadModels"].run(model="V-Express", dtype="fp32",
+                                                                    keep_idle_on=keep_idle_on)
+    return models

@@ -1,23 +1,19 @@
 """Same seed, same initial noise as the published CLI, and explicit initial latents are used."""
-import numpy as np
 import pytest
 import torch
 
-from vexpress_core.audio import synthetic_speech
 from vexpress_core.checkpoint import load_models
-from vexpress_core.keypoints import KeypointTrack
 from vexpress_core.pipeline import (
     GenerationSettings,
     denoise,
-    encode_speech,
     initial_latents,
-    prepare_reference,
     published_noise_draws,
 )
 
+from tiny_case import SIZE, make_case
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SIZE = 64
 FAST = dict(width=SIZE, height=SIZE, steps=1, context_frames=8, context_overlap=2)
 
 
@@ -65,12 +61,7 @@ def models(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def case(models):
-    picture = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    reference = prepare_reference(models, picture, SIZE, SIZE)
-    speech = encode_speech(models, synthetic_speech(0.3), 30.0)
-    points = np.array([[22, 28], [42, 28], [32, 40]], dtype=np.float32)
-    track = KeypointTrack(np.repeat(points[None], speech.num_frames, axis=0), (SIZE, SIZE), 30.0)
-    return reference, speech, track
+    return make_case(models)
 
 
 def test_denoise_starts_from_the_published_noise_of_the_loaded_encoder(models, case):

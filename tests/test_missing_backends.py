@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_like import NODES, execute
+from comfyui_like import NODES, execute, load_handle
 from vexpress_core import cli
 from vexpress_core.demo import ASSETS_DIR
 from vexpress_core.tiny import make_tiny_models
@@ -41,12 +41,7 @@ def test_cli_reports_a_missing_backend_in_one_line(detector, package, tmp_path, 
 def models_handle(tmp_path_factory):
     root = tmp_path_factory.mktemp("v-express")
     make_tiny_models(root / "V-Express")
-    runtime = NODES.runtime
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(runtime.MODEL_ROOT_ENV, str(root))
-        patch.setattr(runtime, "folder_paths", None)
-        (models,) = BY_ID["VExpressLoadModels"].run(model="V-Express", dtype="fp32", keep_idle_on="gpu")
-    return models
+    return load_handle(root)
 
 
 def test_load_reference_node_names_the_missing_package_then_works(models_handle, monkeypatch):

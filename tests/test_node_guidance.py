@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_like import NODES, execute
+from comfyui_like import NODES, execute, load_handle
 from vexpress_core.audio import synthetic_speech
 from vexpress_core.demo import ASSETS_DIR
 from vexpress_core.settings import WindowSettings
@@ -30,11 +30,7 @@ def run(node_id, **inputs):
 def graph(tmp_path_factory):
     root = tmp_path_factory.mktemp("v-express")
     make_tiny_models(root / "V-Express")
-    runtime = NODES.runtime
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(runtime.MODEL_ROOT_ENV, str(root))
-        patch.setattr(runtime, "folder_paths", None)
-        (models,) = BY_ID["VExpressLoadModels"].run(model="V-Express", dtype="fp32", keep_idle_on="gpu")
+    models = load_handle(root)
     portrait = torch.from_numpy(np.array(Image.open(ASSETS_DIR / "portrait.png").convert("RGB"))).float()[None] / 255
     reference, _ = run("VExpressLoadReference", models=models, image=portrait, width=64, height=64, crop="center",
                        face_margin=0.6, detector="retinaface", face_index=-1)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_like import NODES, PACK, REPO, execute, load_pack, spec_defaults, validate
+from comfyui_like import NODES, PACK, REPO, execute, load_handle, load_pack, spec_defaults, validate
 from vexpress_core.audio import load_audio
 from vexpress_core.keypoints import KeypointTrack, crop_box
 from vexpress_core.offload import REFERENCE_NETWORKS, SPEECH_NETWORKS
@@ -178,14 +178,6 @@ def model_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("v-express")
     make_tiny_models(root / "V-Express")
     return root
-
-
-def load_handle(model_root, keep_idle_on="gpu"):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(runtime.MODEL_ROOT_ENV, str(model_root))
-        patch.setattr(runtime, "folder_paths", None)
-        (models,) = BY_ID["VExpressLoadModels"].run(model="V-Express", dtype="fp32", keep_idle_on=keep_idle_on)
-    return models
 
 
 @pytest.fixture(scope="module")

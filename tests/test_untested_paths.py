@@ -6,20 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from vexpress_core.audio import synthetic_speech
 from vexpress_core.checkpoint import load_models
-from vexpress_core.keypoints import KeypointTrack
-from vexpress_core.pipeline import GenerationSettings, decoded_chunks, denoise, encode_speech, prepare_reference
+from vexpress_core.pipeline import GenerationSettings, decoded_chunks, denoise
 from vexpress_core.sampling import SCHEDULER_CONFIG, SCHEDULERS
 from vexpress_core.video import probe_video
+from tiny_case import SIZE, make_case
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 64
 FAST = dict(width=SIZE, height=SIZE, context_frames=8, context_overlap=2)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,15 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def models(tiny_model_dir):
     return load_models(tiny_model_dir)
-
-
-def make_case(models):
-    picture = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    reference = prepare_reference(models, picture, SIZE, SIZE)
-    speech = encode_speech(models, synthetic_speech(0.3), 30.0)
-    points = np.array([[22, 28], [42, 28], [32, 40]], dtype=np.float32)
-    track = KeypointTrack(np.repeat(points[None], speech.num_frames, axis=0), (SIZE, SIZE), 30.0)
-    return reference, speech, track
 
 
 @pytest.fixture(scope="module")
