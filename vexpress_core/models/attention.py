@@ -24,34 +24,6 @@ class ReferenceKV:
     value: torch.Tensor
 
 
-class PlainAttnProcessor:
-    """diffusers' `AttnProcessor2_0` for the plain attention V-Express uses (no mask, spatial or group
-    norm, q/k norms, residual connection or output rescaling) without the steps that are then no-ops
-    but still cost a pass over the output (the division by `rescale_output_factor` = 1): the same
-    operations otherwise, so bit-identical results."""
-
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        if attention_mask is not None or kwargs:
-            raise ValueError("PlainAttnProcessor takes no attention mask or extra arguments")
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch = hidden_states.shape[0]
-        query = _heads(attn.to_q(hidden_states), attn.heads)
-        key, value = _heads(attn.to_k(context), attn.heads), _heads(attn.to_v(context), attn.heads)
-        out = F.scaled_dot_product_attention(query, key, value)
-        out = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[3])
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-def use_plain_processor(attention: Attention) -> None:
-    """Give `attention` the `PlainAttnProcessor` if it is a plain attention (else keep diffusers' own)."""
-    plain = (attention.spatial_norm is None and attention.group_norm is None and attention.norm_q is None
-             and attention.norm_k is None and not attention.norm_cross and not attention.residual_connection
-             and attention.rescale_output_factor == 1.0)
-    if plain:
-        attention.set_processor(PlainAttnProcessor())
-
-
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
     batch, length, channels = tensor.shape
     return tensor.view(batch, length, heads, channels // heads).transpose(1, 2)
@@ -70,8 +42,6 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         )
         self.norm1_5 = nn.LayerNorm(dim)
         self.attn1_5 = Attention(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim, bias=False)
-        for attention in (self.attn1, self.attn1_5, self.attn2):
-            use_plain_processor(attention)
 
     def reference_kv(self, reference_feature: torch.Tensor) -> ReferenceKV:
         heads = self.attn1_5.heads

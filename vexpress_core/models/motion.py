@@ -12,8 +12,6 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from .attention import use_plain_processor
-
 
 def sinusoidal_position_code(max_len: int, channels: int) -> torch.Tensor:
     """The fixed [1, max_len, channels] code: sin on even channels, cos on odd ones."""
@@ -37,7 +35,6 @@ class TemporalSelfAttention(Attention):
     def __init__(self, channels: int, num_heads: int, max_len: int):
         super().__init__(query_dim=channels, heads=num_heads, dim_head=channels // num_heads, bias=False)
         self.pos_encoder = PositionCode(channels, max_len)
-        use_plain_processor(self)
 
 
 class TemporalTransformerBlock(nn.Module):
@@ -48,11 +45,19 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(channels, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(channels)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B*H*W, F, C), the frames of each pixel in a row, the layout the attentions need."""
-        num_frames = tokens.shape[1]
+    def forward(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """tokens: (B*F, H*W, C); each attention sees (B*H*W, F, C).
+
+        Norms and the feed-forward run in the per-frame layout, as published: this random-weight
+        parity is sensitive to the order of floating-point operations."""
+        batch_frames, pixels, channels = tokens.shape
+        batch = batch_frames // num_frames
         for attention, norm in zip(self.attention_blocks, self.norms):
-            tokens = tokens + attention(norm(tokens) + attention.pos_encoder.pe[:, :num_frames].to(tokens.dtype))
+            normed = norm(tokens).reshape(batch, num_frames, pixels, channels).transpose(1, 2)
+            normed = normed.reshape(batch * pixels, num_frames, channels)
+            attended = attention(normed + attention.pos_encoder.pe[:, :num_frames].to(tokens.dtype))
+            attended = attended.reshape(batch, pixels, num_frames, channels).transpose(1, 2)
+            tokens = tokens + attended.reshape(batch_frames, pixels, channels)
         return tokens + self.ff(self.ff_norm(tokens))
 
 
@@ -65,18 +70,14 @@ class TemporalTransformer(nn.Module):
         self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """(B*F, C, H, W) -> same. The video goes to (B*H*W, F, C) once, on the way in, and back once on
-        the way out; every per-token layer in between (norms, projections, feed-forward) runs on the
-        same rows as in the per-frame layout, only in another order."""
         batch_frames, channels, height, width = hidden_states.shape
-        batch = batch_frames // num_frames
         residual = hidden_states
-        normed = self.norm(hidden_states).reshape(batch, num_frames, channels, height * width).permute(0, 3, 1, 2)
-        tokens = self.proj_in(normed.reshape(batch * height * width, num_frames, channels))
+        tokens = self.norm(hidden_states).permute(0, 2, 3, 1).reshape(batch_frames, height * width, channels)
+        tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
-            tokens = block(tokens)
-        tokens = self.proj_out(tokens).reshape(batch, height, width, num_frames, channels).permute(0, 3, 4, 1, 2)
-        return tokens.reshape(batch_frames, channels, height, width) + residual
+            tokens = block(tokens, num_frames)
+        tokens = self.proj_out(tokens).reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2)
+        return tokens.contiguous() + residual
 
 
 class MotionModule(nn.Module):

@@ -47,8 +47,7 @@ class FrameResnetBlock(ResnetBlock2D):
         time = self.time_emb_proj(self.nonlinearity(temb)).repeat_interleave(num_frames, dim=0)
         hidden_states = hidden_states + time[:, :, None, None]
         hidden_states = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden_states))))
-        output = shortcut + hidden_states
-        return output if self.output_scale_factor == 1.0 else output / self.output_scale_factor
+        return (shortcut + hidden_states) / self.output_scale_factor
 
 
 class UNetStage(nn.Module):
