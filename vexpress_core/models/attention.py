@@ -14,6 +14,9 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from .chunking import residual_in_row_chunks
+from .processor import VExpressAttnProcessor
+
 
 @dataclass
 class ReferenceKV:
@@ -42,6 +45,8 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         )
         self.norm1_5 = nn.LayerNorm(dim)
         self.attn1_5 = Attention(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim, bias=False)
+        for attention in (self.attn1, self.attn1_5, self.attn2):
+            attention.set_processor(VExpressAttnProcessor())
 
     def reference_kv(self, reference_feature: torch.Tensor) -> ReferenceKV:
         heads = self.attn1_5.heads
@@ -81,7 +86,10 @@ class VExpressTransformerBlock(BasicTransformerBlock):
         hidden_states = zero_context_residual(hidden_states, reference_out, reference_weight, rows, self.attn1_5)
         audio_out = self.attn2(self.norm2(hidden_states[rows:]), encoder_hidden_states=audio_tokens)
         hidden_states = zero_context_residual(hidden_states, audio_out, audio_weight, rows, self.attn2)
-        return hidden_states + self.ff(self.norm3(hidden_states))
+        return residual_in_row_chunks(self._feed_forward, hidden_states)
+
+    def _feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.ff(self.norm3(hidden_states))
 
 
 def _zero_context_gives_bias(attention: Attention) -> bool:

@@ -12,6 +12,9 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from .chunking import residual_in_row_chunks
+from .processor import VExpressAttnProcessor
+
 
 def sinusoidal_position_code(max_len: int, channels: int) -> torch.Tensor:
     """The fixed [1, max_len, channels] code: sin on even channels, cos on odd ones."""
@@ -33,7 +36,8 @@ class TemporalSelfAttention(Attention):
     """diffusers `Attention` that carries its own position code (`pos_encoder.pe`)."""
 
     def __init__(self, channels: int, num_heads: int, max_len: int):
-        super().__init__(query_dim=channels, heads=num_heads, dim_head=channels // num_heads, bias=False)
+        super().__init__(query_dim=channels, heads=num_heads, dim_head=channels // num_heads, bias=False,
+                         processor=VExpressAttnProcessor())
         self.pos_encoder = PositionCode(channels, max_len)
 
 
@@ -58,7 +62,10 @@ class TemporalTransformerBlock(nn.Module):
             attended = attention(normed + attention.pos_encoder.pe[:, :num_frames].to(tokens.dtype))
             attended = attended.reshape(batch, pixels, num_frames, channels).transpose(1, 2)
             tokens = tokens + attended.reshape(batch_frames, pixels, channels)
-        return tokens + self.ff(self.ff_norm(tokens))
+        return residual_in_row_chunks(self._feed_forward, tokens)
+
+    def _feed_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.ff(self.ff_norm(tokens))
 
 
 class TemporalTransformer(nn.Module):
