@@ -163,13 +163,13 @@ def test_window_batch_auto_is_one_window_on_cpu(job):
             GenerationSettings(window_batch=bad)
 
 
-def test_decode_chunk_auto_is_bounded_by_pixels_on_cpu(job):
+def test_decode_chunk_auto_is_one_frame_on_cpu_as_published(job):
     from vexpress_core.pipeline import resolved_decode_chunk
 
     models = job[0]
     assert GenerationSettings().decode_chunk == "auto"
     sizes = {size: resolved_decode_chunk(GenerationSettings(width=size, height=size), models) for size in (64, 128, 256, 512)}
-    assert sizes == {64: 16, 128: 4, 256: 1, 512: 1}
+    assert sizes == {64: 1, 128: 1, 256: 1, 512: 1}
     assert resolved_decode_chunk(GenerationSettings(decode_chunk=3), models) == 3
     with pytest.raises(ValueError, match="decode_chunk must be 'auto' or at least 1"):
         GenerationSettings(decode_chunk=0)

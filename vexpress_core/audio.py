@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import soxr
 import torch
@@ -28,6 +27,8 @@ WAV2VEC2_FOLDER = "wav2vec2-base-960h"
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of any file FFmpeg reads (mp3, wav, flac, m4a, a video's
     soundtrack) to a float32 mono waveform at `sample_rate`."""
+    import av  # here, not at the top: PyAV costs 15 MiB of memory that generation does not need
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
@@ -44,6 +45,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 def _decoded_channels(path: Path) -> tuple[np.ndarray, int]:
     """All samples of the file's first audio stream as float32 [channels, samples], and its rate."""
+    import av
+
     with av.open(str(path)) as container:
         if not container.streams.audio:
             raise ValueError(f"{path} has no audio stream")

@@ -8,11 +8,14 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # PyAV is imported where it is used: 15 MiB of memory that generation does not need
+    import av
 
 MAX_FPS_DENOMINATOR = 1001  # keeps NTSC rates (30000/1001) exact
 
@@ -241,6 +244,8 @@ class VideoWriter:
 
     def abort(self) -> None:
         """Drop the partial file; `path` is left as it was."""
+        import av
+
         if self._container is not None:
             try:
                 self._container.close()
@@ -256,6 +261,8 @@ class VideoWriter:
             raise ValueError(f"the writer for {self.path} is already closed or aborted")
 
     def _write_frame(self, frame: np.ndarray) -> None:
+        import av
+
         if self._container is None:
             self._open(height=frame.shape[0], width=frame.shape[1])
         elif frame.shape[:2] != (self._video.height, self._video.width):
@@ -271,6 +278,8 @@ class VideoWriter:
             self._send_audio_until(self._frames / self.rate)
 
     def _open(self, height: int, width: int) -> None:
+        import av
+
         if height % 2 or width % 2:
             raise ValueError(
                 f"H.264 yuv420p needs an even width and height, got {width}x{height}; crop or pad the frames"
@@ -286,6 +295,8 @@ class VideoWriter:
 
     def _send_audio_until(self, seconds: Fraction) -> None:
         """Encode the soundtrack up to `seconds`, so audio interleaves with video and ends with it."""
+        import av
+
         wave, rate = self._audio
         stop = min(len(wave), int(seconds * rate))
         if stop <= self._samples_sent:
@@ -328,6 +339,8 @@ def write_mp4(
 def probe_video(path: str | Path) -> dict:
     """`frames`, `fps` (float), `width`, `height` of the first video stream and the number of
     `audio_streams` of a video file."""
+    import av
+
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
@@ -344,6 +357,8 @@ def probe_video(path: str | Path) -> dict:
 
 def read_video_frames(path: str | Path, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """RGB uint8 frames of a video, optionally resized to size = (width, height)."""
+    import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -356,6 +371,8 @@ def read_video_frames(path: str | Path, size: tuple[int, int] | None = None) -> 
 
 def video_fps_and_length(path: str | Path) -> tuple[float, int | None]:
     """(frames per second, frame count or None when the container does not say) of a video."""
+    import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
