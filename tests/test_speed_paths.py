@@ -175,20 +175,50 @@ def test_decode_chunk_auto_is_one_frame_on_cpu_as_published(job):
         GenerationSettings(decode_chunk=0)
 
 
-def test_guider_runs_in_pixel_bounded_batches_with_the_same_features(job):
-    from vexpress_core.keypoints import draw_track
+def guider_calls_and_features(models, track, stop):
+    """Frames per guider call while the feature source fills its first chunk, and frames [0, stop)."""
     from vexpress_core.pipeline import kps_feature_source
 
-    models, _, _, track = job
     calls = []
     handle = models.v_kps_guider.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape[2]))
     try:
-        features = kps_feature_source(models, track, 128, 128)(0, 10)
+        features = kps_feature_source(models, track, 128, 128)(0, stop)
     finally:
         handle.remove()
-    first_chunk = min(16, len(track))  # the cache computes its whole first chunk, 4 frames per call at 128x128
-    assert calls == [4] * (first_chunk // 4) + ([first_chunk % 4] if first_chunk % 4 else [])
+    return calls, features
+
+
+def guider_on_every_frame(models, track, stop):
+    from vexpress_core.keypoints import draw_track
+
     with torch.no_grad():
-        drawings = torch.from_numpy(draw_track(track, 128, 128, 0, 10)).float() / 255.0
-        whole = models.v_kps_guider(drawings.permute(3, 0, 1, 2)[None])
-    assert torch.allclose(features, whole, atol=1e-6)
+        drawings = torch.from_numpy(draw_track(track, 128, 128, 0, stop)).float() / 255.0
+        return models.v_kps_guider(drawings.permute(3, 0, 1, 2)[None].contiguous())
+
+
+def test_guider_runs_in_pixel_bounded_batches_with_the_same_features(job):
+    from vexpress_core.keypoints import KeypointTrack
+
+    models, _, _, still = job
+    shift = np.arange(len(still), dtype=np.float32)[:, None, None] * np.float32(2)
+    moving = KeypointTrack(still.points + shift, still.frame_size, still.fps)
+    calls, features = guider_calls_and_features(models, moving, 10)
+    first_chunk = min(16, len(moving))  # the cache computes its whole first chunk, 4 frames per call at 128x128
+    assert calls == [4] * (first_chunk // 4) + ([first_chunk % 4] if first_chunk % 4 else [])
+    assert torch.equal(features, guider_on_every_frame(models, moving, 10))
+
+
+def test_identical_keypoint_frames_share_one_guider_run(job):
+    models, _, _, still = job
+    calls, features = guider_calls_and_features(models, still, 10)
+    assert calls == [1]
+    assert torch.equal(features, guider_on_every_frame(models, still, 10))
+
+
+def test_distinct_frames_keep_the_order_of_first_appearance():
+    from vexpress_core.pipeline import distinct_frames
+
+    frames = np.array([[3], [1], [3], [2], [1]], np.uint8)
+    distinct, frame_of = distinct_frames(frames)
+    assert distinct.tolist() == [[3], [1], [2]] and frame_of == [0, 1, 0, 2, 1]
+    assert np.array_equal(distinct[frame_of], frames)

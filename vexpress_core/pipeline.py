@@ -97,23 +97,40 @@ def audio_token_source(models: VExpressModels, speech: Speech, num_pad: int,
     return FrameCache(tokens, speech.num_frames, 0, budget_bytes)
 
 
+def distinct_frames(frames: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The distinct frames in order of first appearance, and for every frame its index among them."""
+    index_of: dict[bytes, int] = {}
+    firsts: list[int] = []
+    frame_of = []
+    for position, frame in enumerate(frames):
+        index = index_of.setdefault(frame.tobytes(), len(firsts))
+        if index == len(firsts):
+            firsts.append(position)
+        frame_of.append(index)
+    return (frames if len(firsts) == len(frames) else frames[firsts]), frame_of
+
+
 def kps_feature_source(models: VExpressModels, track: KeypointTrack, width: int, height: int,
                        budget_bytes: int = DEFAULT_BUDGET_MB * 2**20) -> FrameCache:
     """V-Kps features [1, C, n, h, w] of any frame range; each frame drawn and run once per generation
-    within the budget."""
+    within the budget. Frames whose drawings are identical (a still face, fix_face) share one
+    guider run: the guider treats frames independently, so the features are the same."""
     guider = models.v_kps_guider
 
     step = host_frames_per_call(width, height) if models.device.type != "cuda" else None
 
-    def guided(start: int, stop: int) -> torch.Tensor:
-        drawings = torch.from_numpy(draw_track(track, width, height, start, stop)).to(models.device)
-        images = (drawings.to(guider.dtype) / 255.0).permute(3, 0, 1, 2)[None]
-        return guider(images)
+    def guided(drawings: np.ndarray) -> torch.Tensor:
+        images = (torch.from_numpy(drawings).to(models.device, guider.dtype) / 255.0).permute(3, 0, 1, 2)[None]
+        return guider(images.contiguous())  # a permuted input rounds differently with the batch size
 
     def features(start: int, stop: int) -> torch.Tensor:
+        drawings = draw_track(track, width, height, start, stop)
+        distinct, frame_of = distinct_frames(drawings)
         if step is None:
-            return guided(start, stop)
-        return torch.cat([guided(first, min(first + step, stop)) for first in range(start, stop, step)], dim=2)
+            unique = guided(distinct)
+        else:
+            unique = torch.cat([guided(distinct[first:first + step]) for first in range(0, len(distinct), step)], dim=2)
+        return unique if len(distinct) == len(drawings) else unique[:, :, frame_of]
 
     return FrameCache(features, len(track), 2, budget_bytes)
 
