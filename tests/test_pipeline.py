@@ -467,9 +467,11 @@ def test_per_frame_work_is_bounded_by_the_window_budget(models, reference, refer
     window_budget = window_batch * context
     assert max(sizes["unet"]) == 2 * window_budget  # CFG: conditional + unconditional
     assert len(sizes["unet"]) == math.ceil(11 / window_batch)
-    # Per-frame conditioning is computed once per frame per generation, one cache chunk at a time.
-    assert sum(sizes["guider"]) == sum(sizes["audio_projection"]) == sum(drawn) == num_frames
-    assert max(sizes["guider"]) == max(sizes["audio_projection"]) == max(drawn) == FRAME_CHUNK
+    # Per-frame conditioning is computed once per frame per generation, one cache chunk at a time;
+    # the still track's identical drawings run the guider once per chunk.
+    assert sum(sizes["audio_projection"]) == sum(drawn) == num_frames
+    assert max(sizes["audio_projection"]) == max(drawn) == FRAME_CHUNK
+    assert sizes["guider"] == [1] * math.ceil(num_frames / FRAME_CHUNK)
     assert max(sizes["vae_decoder"]) == chunk and sum(sizes["vae_decoder"]) == num_frames
     assert written and max(written) <= chunk and sum(written) == num_frames
     for name in ("unet", "guider", "audio_projection", "vae_decoder"):
