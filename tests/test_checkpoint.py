@@ -556,3 +556,43 @@ def test_missing_motion_file_without_motion_keys(tiny_dir, tiny_files, tmp_path)
     assert str(root / "v-express" / "denoising_unet.bin") in message
     assert f"{expected_missing} missing" in message and MOTION_KEY in message
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: weights already in the target dtype are not copied
+
+
+def test_weights_in_the_target_dtype_and_aligned_are_used_without_a_copy():
+    from vexpress_core.checkpoint import STORAGE_ALIGNMENT, usable_as_is
+
+    weight = torch.randn(16, 16)
+    assert weight.data_ptr() % STORAGE_ALIGNMENT == 0
+    assert usable_as_is(weight, "cpu", torch.float32) is weight
+    converted = usable_as_is(weight, "cpu", torch.float16)
+    assert converted.dtype == torch.float16 and torch.equal(converted, weight.half())
+    shifted = torch.randn(16 * 16 + 1)[1:].view(16, 16)
+    assert shifted.data_ptr() % STORAGE_ALIGNMENT != 0
+    copy = usable_as_is(shifted, "cpu", torch.float32)
+    assert copy.data_ptr() % STORAGE_ALIGNMENT == 0 and torch.equal(copy, shifted)
+    assert usable_as_is(weight.t(), "cpu", torch.float32).is_contiguous()
+
+
+def test_loading_in_the_files_dtype_keeps_one_copy_of_the_weights(tiny_dir, tiny_models, monkeypatch):
+    """fp32 `.bin` files (torch.save aligns its records) loaded in fp32: the networks' parameters are
+    the tensors read from the files, one copy of the weights in memory instead of two, with the
+    values of a copied load."""
+    from vexpress_core import checkpoint
+
+    read = {}
+
+    def recording_read(path):
+        state = read_state_dict(path)
+        read.update({tensor.data_ptr(): path.name for tensor in state.values() if tensor.dtype == torch.float32})
+        return state
+
+    monkeypatch.setattr(checkpoint, "read_state_dict", recording_read)
+    models = load_models(tiny_dir, dtype=torch.float32)
+    parameters = list(models.denoising_unet.parameters()) + list(models.reference_net.parameters())
+    assert read and all(parameter.data_ptr() in read for parameter in parameters)
+    for name, network in networks_of(models).items():
+        assert_same_weights(network, getattr(tiny_models, name), dtype=torch.float32)

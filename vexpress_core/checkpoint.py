@@ -183,6 +183,20 @@ def check_position_codes(source: str, state: Mapping[str, torch.Tensor]) -> None
                 raise CheckpointError(f"{source}: {key} is not the fixed sinusoidal position code")
 
 
+# CPU kernels round differently on storage that is not aligned like a fresh allocation.
+STORAGE_ALIGNMENT = 64
+
+
+def usable_as_is(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` itself when it already has the device and dtype and sits at an aligned address (the
+    file's own memory, counted once, instead of a second copy of every weight); else an aligned copy.
+    torch.save aligns its records, but views into other files may sit at any offset."""
+    if (tensor.device == torch.device(device) and tensor.dtype == dtype and tensor.is_contiguous()
+            and tensor.data_ptr() % STORAGE_ALIGNMENT == 0):
+        return tensor
+    return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+
+
 def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype,
                    device: torch.device | str, ignored: Iterable[str] = ()) -> torch.nn.Module:
     """Strictly check `state` against `model` (built on meta), then assign it in place."""
@@ -198,9 +212,7 @@ def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], so
             tensor = sinusoidal_position_code(*state[key].shape[1:]) if key.endswith(POSITION_CODE_SUFFIX) else state[key]
             # Position codes stay fp32 whatever the file holds, as the published buffers are.
             target = torch.float32 if key.endswith(POSITION_CODE_SUFFIX) else dtype
-            # Always a fresh, aligned copy: views into a memory-mapped file sit at arbitrary offsets,
-            # and some CPU kernels round differently on such storage.
-            converted[key] = tensor.to(device=device, dtype=target if tensor.is_floating_point() else tensor.dtype, copy=True)
+            converted[key] = usable_as_is(tensor, device, target if tensor.is_floating_point() else tensor.dtype)
     model.load_state_dict(converted, strict=False, assign=True)
     for name, buffer in model.named_buffers():
         if buffer.device.type == "meta":
