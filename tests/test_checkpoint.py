@@ -557,7 +557,6 @@ def test_missing_motion_file_without_motion_keys(tiny_dir, tiny_files, tmp_path)
     assert f"{expected_missing} missing" in message and MOTION_KEY in message
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Memory: weights already in the target dtype are not copied
 
