@@ -60,7 +60,7 @@ class RetinaFaceDetector:
     MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
     CENTRE_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
 
-    def __init__(self, score_threshold: float = 0.7, nms_threshold: float = 0.4, max_side: int = 1024):
+    def __init__(self, score_threshold: float = 0.7, nms_threshold: float = 0.4, max_side: int = 1024, min_side: int = 384):
         try:
             import onnxruntime
         except ImportError as error:
@@ -73,14 +73,19 @@ class RetinaFaceDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_side = max_side
+        self.min_side = min_side
 
     def detect(self, image: np.ndarray) -> list[Face]:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"face detection needs an RGB image [H,W,3], got shape {list(image.shape)}")
         height, width = image.shape[:2]
-        scale = min(1.0, self.max_side / max(height, width))
-        if scale < 1.0:
-            image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        longer = max(height, width)
+        # Small pictures are enlarged first: faces of 20-60 px sit at the edge of the network's
+        # smallest anchors and are often missed at their own size.
+        scale = min(1.0, self.max_side / longer) if longer >= self.min_side else self.min_side / longer
+        if scale != 1.0:
+            interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+            image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=interpolation)
         net_height, net_width = image.shape[:2]
         blob = (image[..., ::-1].astype(np.float32) - self.MEAN_BGR).transpose(2, 0, 1)[None]
         loc, conf, landmarks = self._session.run(None, {"input": np.ascontiguousarray(blob)})
