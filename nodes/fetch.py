@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vexpress_core.checkpoint import CheckpointError
+from vexpress_core.demo import TOY_MODEL_DIR
 from vexpress_core.download import KNOWN_MODELS, ensure_model
 
 from . import runtime
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 PUBLISHED_LAYOUT = "model_ckpts"
 STORAGE_CHOICES = ("as published (fp32 .bin, 9.0 GB)", "fp16 safetensors (4.5 GB)")
 LOG_SECONDS = 5.0
+# The bundled toy model: every workflow can be tried without the 9.7 GB download (at 64x64).
+TOY_CHOICE = "V-Express toy (bundled, 64x64)"
 
 
 def model_folders() -> list[str]:
@@ -33,14 +36,16 @@ def model_folders() -> list[str]:
 
 
 def model_choices() -> list[str]:
-    """What the loader offers: the folders present, then the known models not downloaded yet."""
+    """What the loader offers: the folders present, the known models not downloaded yet, the bundled toy."""
     present = model_folders()
-    return present + [name for name in KNOWN_MODELS if name not in present]
+    return present + [name for name in KNOWN_MODELS if name not in present] + [TOY_CHOICE]
 
 
 def existing_folder(name: str) -> Path | None:
-    """The model directory of a present folder; a full clone of the Hugging Face repo
-    (`<name>/model_ckpts/...`) works as well as a copy of `model_ckpts` itself."""
+    """The model directory of a present folder (or of the bundled toy); a full clone of the Hugging
+    Face repo (`<name>/model_ckpts/...`) works as well as a copy of `model_ckpts` itself."""
+    if name == TOY_CHOICE:
+        return TOY_MODEL_DIR
     for root in runtime.model_roots():
         candidate = Path(root) / name
         if candidate.is_dir():

@@ -400,9 +400,9 @@ def test_help(command, capsys):
 def test_demo_and_download_arguments(monkeypatch):
     parser = cli.parser()
     demo = parser.parse_args(["demo"])
-    assert (demo.out, demo.size, demo.steps, demo.seed, demo.run) == ("vexpress_demo.mp4", 128, 4, 42, cli.run_demo)
-    demo = parser.parse_args(["demo", "x.mp4", "--size", "64", "--steps", "2", "--seed", "1"])
-    assert (demo.out, demo.size, demo.steps, demo.seed) == ("x.mp4", 64, 2, 1)
+    assert (demo.out, demo.steps, demo.seed, demo.run) == ("vexpress_demo.mp4", 25, 42, cli.run_demo)
+    demo = parser.parse_args(["demo", "x.mp4", "--steps", "2", "--seed", "1"])
+    assert (demo.out, demo.steps, demo.seed) == ("x.mp4", 2, 1)
     download = parser.parse_args(["download", "models"])
     assert (download.dir, download.run) == ("models", cli.run_download)
 

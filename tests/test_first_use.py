@@ -80,11 +80,11 @@ def prepared(tiny_dir):
 
 def test_the_loader_offers_the_known_model_before_it_exists(empty_root):
     loader = BY_ID["VExpressLoadModels"]
-    assert fetch.model_choices() == ["V-Express"]
+    assert fetch.model_choices() == ["V-Express", fetch.TOY_CHOICE]
     assert loader.validate_inputs(model="V-Express") is True  # fetched when the prompt runs
     assert "not found" in loader.validate_inputs(model="Elsewhere")
     (empty_root / "mine" / "v-express").mkdir(parents=True)
-    assert fetch.model_choices() == ["mine", "V-Express"]
+    assert fetch.model_choices() == ["mine", "V-Express", fetch.TOY_CHOICE]
 
 
 def test_picking_the_absent_model_downloads_it_with_byte_progress(empty_root, repo, monkeypatch):
@@ -113,7 +113,7 @@ def test_cancel_during_the_download_leaves_no_model(empty_root, repo, monkeypatc
     monkeypatch.setattr(fetch, "ensure_model", functools.partial(ensure_model, hub=FakeHub(repo, delay=0.05)))
     with pytest.raises((Interrupted, DownloadCancelled)):
         fetch.model_folder("V-Express")
-    assert fetch.model_choices() == ["V-Express"] and fetch.will_download("V-Express")
+    assert fetch.model_choices() == ["V-Express", fetch.TOY_CHOICE] and fetch.will_download("V-Express")
 
 
 def test_sampler_progress_carries_previews_that_do_not_change_the_video(prepared, monkeypatch):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = "vexpress_training"
-COMMANDS = {"prepare": ("prepare", "main"), "train": ("train", "cli")}
+COMMANDS = {"prepare": ("prepare", "main"), "train": ("train", "cli"), "toy": ("toy.cli", "main")}
 
 
 def training_package() -> str:

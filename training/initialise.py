@@ -9,6 +9,7 @@ parts of an `--init` checkpoint. Every load is strict: missing, unexpected or mi
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -36,12 +37,23 @@ logger = logging.getLogger(__name__)
 DIFFUSERS_UNET_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 LDM_UNET_PREFIX = "model.diffusion_model."
 REFERENCE_ATTENTION = {"attn1.": "attn1_5.", "norm1.": "norm1_5."}
+PUBLISHED_GUIDER_CHANNELS = (16, 32, 96, 256)
 
 
-def fresh_networks(unet_config: Mapping, audio_dim: int, audio_projection_depth: int) -> VExpressNet:
-    """Randomly initialised networks for audio vectors of `audio_dim`; the guider's output conv
-    starts at zero so the V-Kps features enter gently."""
-    guider = VKpsGuider(conditioning_embedding_channels=unet_config["block_out_channels"][0])
+def guider_channels(latent_factor: int) -> tuple[int, ...]:
+    """The published guider's channels (16, 32, 96, 256), one stride-2 step per halving of the
+    VAE's: the V-Kps features must land on the latent grid (8 = the published VAE)."""
+    steps = int(math.log2(latent_factor))
+    if 2 ** steps != latent_factor or not 1 <= steps <= len(PUBLISHED_GUIDER_CHANNELS) - 1:
+        raise ValueError(f"the VAE downsamples by {latent_factor}; the V-Kps guider supports 2, 4 or 8")
+    return PUBLISHED_GUIDER_CHANNELS[: steps + 1]
+
+
+def fresh_networks(unet_config: Mapping, audio_dim: int, audio_projection_depth: int, latent_factor: int = 8) -> VExpressNet:
+    """Randomly initialised networks for audio vectors of `audio_dim` and a VAE downsampling by
+    `latent_factor`; the guider's output conv starts at zero so the V-Kps features enter gently."""
+    guider = VKpsGuider(conditioning_embedding_channels=unet_config["block_out_channels"][0],
+                        block_out_channels=guider_channels(latent_factor))
     nn.init.zeros_(guider.conv_out.weight)
     nn.init.zeros_(guider.conv_out.bias)
     return VExpressNet(
@@ -135,12 +147,12 @@ def load_motion_module(net: VExpressNet, path: str | Path) -> None:
 
 
 def initial_networks(config: TrainConfig, unet_config: Mapping, audio_dim: int, models_dir: Path,
-                     init_dir: Path | None) -> VExpressNet:
+                     init_dir: Path | None, latent_factor: int = 8) -> VExpressNet:
     """The networks a stage starts from (see the module docstring), in fp32."""
     if init_dir is not None:
         net = checkpoint_networks(models_dir, init_dir)
     else:
-        net = fresh_networks(unet_config, audio_dim, config.audio_projection_depth)
+        net = fresh_networks(unet_config, audio_dim, config.audio_projection_depth, latent_factor)
         if config.pretrained_unet is None:
             logger.warning("no --init and no pretrained_unet: the ReferenceNet and denoising UNet start from random weights")
     if config.pretrained_unet is not None:

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
     if resume_dir is not None:
         net = checkpoint_networks(args.models, resume_dir).float().train()
     else:
-        net = initial_networks(config, unet_config, audio_dim, args.models, args.init)
+        net = initial_networks(config, unet_config, audio_dim, args.models, args.init, latent_factor)
     if config.num_frames > net.denoising_unet.config.motion_max_len:
         raise ConfigError(f"num_frames {config.num_frames} exceeds the motion modules' length "
                           f"{net.denoising_unet.config.motion_max_len}")

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from .demo import model_directory
 from .dtypes import AUTO, DTYPES, resolved_dtype
 from .detectors import DETECTORS, MissingBackend
 from .keypoints import DEFAULT_SMOOTH, RESAMPLE_MODES, RETARGET_MODES
@@ -148,28 +149,27 @@ def run_generate(args: argparse.Namespace) -> Path:
 def run_demo(args: argparse.Namespace) -> Path:
     from .audio import load_audio
     from .checkpoint import load_models
-    from .demo import DEMO_SPEECH, load_demo_portrait
+    from .demo import DEMO_SPEECH, TOY_FPS, TOY_MODEL_DIR, TOY_SIZE, load_toy_reference
+    from .detectors import make_detector
     from .orchestration import framed_reference, reference_phase, speech_phase, track_phase, using_models, video_phase
     from .pipeline import GenerationSettings
-    from .tiny import make_tiny_models
     from .video import check_output_path
 
     out = check_output_path(args.out)
-    print("V-Express demo: tiny models with RANDOM weights, so the video shows noise shaped by the pipeline,\n"
-          "not a talking face. For real results: python -m vexpress_core download MODELS_DIR, then\n"
+    print("V-Express demo: the bundled toy model (trained here on a synthetic cartoon world, 64x64) animates a\n"
+          "held-out toy face with the bundled speech. It shows the pipeline and trainer at work, not the published\n"
+          "model's quality. For real results: python -m vexpress_core download MODELS_DIR, then\n"
           "python -m vexpress_core generate --models MODELS_DIR --reference photo.jpg --audio speech.wav --out out.mp4")
-    settings = GenerationSettings(width=args.size, height=args.size, steps=args.steps, seed=args.seed)
-    portrait, portrait_kps = load_demo_portrait()
-    with tempfile.TemporaryDirectory() as tmp:
-        using = using_models(load_models(make_tiny_models(Path(tmp) / "models", seed=args.seed)))
-    framed = framed_reference(portrait, settings.width, settings.height, None, keypoints=portrait_kps)
+    settings = GenerationSettings(width=TOY_SIZE, height=TOY_SIZE, fps=TOY_FPS, steps=args.steps, seed=args.seed)
+    using = using_models(load_models(TOY_MODEL_DIR))
+    framed = framed_reference(load_toy_reference(), settings.width, settings.height, make_detector("retinaface"))
     reference = reference_phase(using, framed)
     speech = speech_phase(using, load_audio(DEMO_SPEECH), settings.fps)
     track = track_phase(reference, speech, None, "fix_face")
     bar, update = progress_bar(settings, speech.num_frames)
     with bar:
         video_phase(using, reference, speech, track, settings, out, callback=update)
-    print(f"wrote {out}: {speech.num_frames} frames, {settings.width}x{settings.height}, {settings.fps} fps, with the demo speech")
+    print(f"wrote {out}: {speech.num_frames} frames, {settings.width}x{settings.height}, {settings.fps:g} fps, with the demo speech")
     return out
 
 
@@ -258,7 +258,9 @@ def parser() -> argparse.ArgumentParser:
     commands = main.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="photo + speech (+ driving keypoints) -> mp4")
-    generate.add_argument("--models", required=True, help="model directory in the published model_ckpts layout")
+    generate.add_argument("--models", required=True, type=model_directory,
+                          help="model directory in the published model_ckpts layout, or 'toy': the bundled toy model "
+                               "(a 64x64 cartoon trained here; use --size 64 and a toy reference picture)")
     generate.add_argument("--weights", help="folder with the five V-Express files (e.g. a training checkpoint)")
     generate.add_argument("--reference", help="portrait image (with --dub: optional, a photo to use as the face)")
     generate.add_argument("--audio", required=True, help="speech: any audio file or a video's soundtrack")
@@ -269,10 +271,9 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, help="output .mp4")
     generate.set_defaults(run=run_generate)
 
-    demo = commands.add_parser("demo", help="the whole pipeline on random tiny models and a bundled portrait")
+    demo = commands.add_parser("demo", help="the bundled toy model animates a bundled toy face with the bundled speech")
     demo.add_argument("out", nargs="?", default="vexpress_demo.mp4")
-    demo.add_argument("--size", type=int, default=128)
-    demo.add_argument("--steps", type=int, default=4)
+    demo.add_argument("--steps", type=int, default=25, help="sampling steps (the published default)")
     demo.add_argument("--seed", type=int, default=42)
     demo.set_defaults(run=run_demo)
 

@@ -60,7 +60,7 @@ class RetinaFaceDetector:
     MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
     CENTRE_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
 
-    def __init__(self, score_threshold: float = 0.7, nms_threshold: float = 0.4, max_side: int = 1024, min_side: int = 384):
+    def __init__(self, score_threshold: float = 0.7, nms_threshold: float = 0.4, max_side: int = 1024, min_side: int = 512):
         try:
             import onnxruntime
         except ImportError as error:
@@ -80,8 +80,8 @@ class RetinaFaceDetector:
             raise ValueError(f"face detection needs an RGB image [H,W,3], got shape {list(image.shape)}")
         height, width = image.shape[:2]
         longer = max(height, width)
-        # Small pictures are enlarged first: faces of 20-60 px sit at the edge of the network's
-        # smallest anchors and are often missed at their own size.
+        # Pictures under min_side are enlarged to it first: faces of 20-100 px sit at the edge of the
+        # network's smallest anchors and are often missed at their own size (drawn faces most of all).
         scale = min(1.0, self.max_side / longer) if longer >= self.min_side else self.min_side / longer
         if scale != 1.0:
             interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
