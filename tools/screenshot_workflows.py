@@ -8,7 +8,7 @@ Needs a running ComfyUI with this pack installed, Chromium (Debian: `apt-get ins
     python tools/screenshot_workflows.py --only --templates ComfyUI-V-Express   # the template browser only
     python tools/screenshot_workflows.py --preview vexpress_photo_audio_fix_face  # run it, photograph the live preview
 
-Writes docs/images/workflows/<name>.png (README) and workflows/<name>.jpg (the thumbnail ComfyUI's
+Writes docs/images/workflows/<name>.png (docs/workflows.md) and workflows/<name>.jpg (the thumbnail ComfyUI's
 template browser loads for a custom node's workflow).
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="workflow names (without .json)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--size", default="1920x1080", help="browser viewport")
-    parser.add_argument("--png-width", type=int, default=1440, help="width of the README PNGs")
+    parser.add_argument("--png-width", type=int, default=1440, help="width of the PNGs in docs/workflows.md")
     parser.add_argument("--templates", metavar="FOLDER", help="also photograph the template browser on this pack "
                         "(FOLDER: the pack's folder name under custom_nodes) into OUT/../template_browser.png")
     parser.add_argument("--preview", metavar="WORKFLOW", help="instead: run this workflow from the page (64x64, 2 steps, "
