@@ -82,7 +82,13 @@ def train_command(argv: list[str]) -> int:
     return recipe_main(argv)
 
 
-COMMANDS = {"render": render_command, "train": train_command, "eval": eval_command}
+def figures_command(argv: list[str]) -> int:
+    from .figures import main as figures_main
+
+    return figures_main(argv)
+
+
+COMMANDS = {"render": render_command, "train": train_command, "eval": eval_command, "figures": figures_command}
 
 
 def main(argv: list[str] | None = None) -> int:
