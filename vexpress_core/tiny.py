@@ -80,7 +80,7 @@ def unet_config_for(sd15: bool) -> dict:
     return dict(TINY_UNET_CONFIG, **(SD15_SIZES if sd15 else {}))
 
 
-def _randomise_zero_outputs(module: torch.nn.Module, generator: torch.Generator) -> None:
+def randomised_zero_outputs(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Zero-initialised layers would make a random model ignore its conditions; give them small noise."""
     with torch.no_grad():
         for parameter in module.parameters():
@@ -99,7 +99,7 @@ def random_networks(unet_config: dict, sd15: bool, seed: int) -> dict[str, torch
         "audio_projection": AudioProjection(depth=4 if sd15 else 1),
     }
     for network in networks.values():
-        _randomise_zero_outputs(network, generator)
+        randomised_zero_outputs(network, generator)
     return networks
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from vexpress_core.detectors import make_detector
 from vexpress_core.keypoints import KeypointTrack
 from vexpress_core.orchestration import framed_reference, frames_phase, reference_phase, speech_phase, track_phase, using_models
 from vexpress_core.pipeline import GenerationSettings
-from vexpress_core.tiny import random_networks
+from vexpress_core.tiny import randomised_zero_outputs
 
 from .clips import Clip, render_clip
 from .metrics import Scores, scores
@@ -77,20 +78,19 @@ def case_scores(models: VExpressModels, case: Case, settings: GenerationSettings
 
 
 def untrained(models: VExpressModels, seed: int = 0) -> VExpressModels:
-    """The same model with its four V-Express networks replaced by random ones of the same sizes."""
-    config = dict(models.denoising_unet.config)
-    unet_config = {key: config[key] for key in ("block_out_channels", "cross_attention_dim", "down_block_types", "up_block_types",
-                                                "layers_per_block", "attention_head_dim", "in_channels", "out_channels",
-                                                "norm_num_groups", "sample_size") if key in config}
-    networks = random_networks(unet_config, False, seed)
-    projection = models.audio_projection.config
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        from vexpress_core.models import AudioProjection
-
-        networks["audio_projection"] = AudioProjection(**{k: projection[k] for k in (
-            "dim", "depth", "dim_head", "heads", "num_queries", "embedding_dim", "output_dim", "ff_mult", "max_seq_len")})
-    return replace(models, **{name: network.to(models.dtype).eval().requires_grad_(False) for name, network in networks.items()})
+    """The same model with its four V-Express networks re-initialised at random (same architecture,
+    every layer's own initialisation; zero-initialised outputs get small noise so conditions act)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    networks = {}
+    for name in ("reference_net", "denoising_unet", "v_kps_guider", "audio_projection"):
+        network = copy.deepcopy(getattr(models, name)).float()
+        for module in network.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        randomised_zero_outputs(network, generator)
+        networks[name] = network.to(models.dtype).eval().requires_grad_(False)
+    return replace(models, **networks)
 
 
 def table(rows: list[tuple[str, str, Scores]]) -> str:
