@@ -1,5 +1,6 @@
 """Video output for V-Express: the published 3x3x3 median deflicker (SPEC step 11), streamed, and
-an H.264/AAC mp4 writer that never leaves a half-written file behind."""
+an H.264/AAC mp4 writer that never leaves a half-written file behind and writes the same bytes for
+the same frames."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:  # PyAV is imported where it is used: 15 MiB of memory that ge
     import av
 
 MAX_FPS_DENOMINATOR = 1001  # keeps NTSC rates (30000/1001) exact
+# x264's output depends on its thread count; a fixed count (not x264's default of 1.5 per core)
+# gives the same bytes whatever the machine's core count or the process's CPU affinity.
+X264_THREADS = 4
 
 
 def to_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -167,6 +171,28 @@ def video_rate(fps: float | Fraction) -> Fraction:
     return rate.limit_denominator(MAX_FPS_DENOMINATOR)
 
 
+def cpu_has_avx512() -> bool:
+    """Whether this CPU (and OS) runs the AVX-512 instructions x264 would use (F, CD, BW, DQ, VL),
+    as numpy's own CPU dispatch detected them."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__
+    return bool(__cpu_features__.get("AVX512_SKX"))
+
+
+def x264_options(crf: int, preset: str) -> dict[str, str]:
+    """libx264 options under which the same frames give the same bytes on the same machine."""
+    options = {"crf": str(int(crf)), "preset": preset, "threads": str(X264_THREADS)}
+    if cpu_has_avx512():
+        # With its AVX-512 code, x264 (core 165) turned the same frames into a different file on
+        # almost every run whenever the width was not a multiple of 256 pixels (B-frames with
+        # macroblock-tree rate control, its defaults). Its AVX2 code repeats itself, and gives the
+        # same bytes as the AVX-512 code at the widths where that one repeats.
+        options["x264-params"] = "asm=AVX2"
+    return options
+
+
 class VideoWriter:
     """Streams uint8 RGB frames into an H.264 (libx264, yuv420p) mp4 at exactly `fps`, with an
     optional mono soundtrack muxed as AAC and cut to the video's duration.
@@ -187,7 +213,7 @@ class VideoWriter:
         self.path = check_output_path(path)
         self.rate = video_rate(fps)
         self._audio = _checked_audio(audio)
-        self._options = {"crf": str(int(crf)), "preset": preset}
+        self._options = x264_options(crf, preset)
         self._temp: Path | None = None
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
