@@ -79,6 +79,15 @@ def test_x264_runs_a_fixed_thread_count_and_leaves_avx512_out(monkeypatch):
     assert video.x264_options(20, "slow") == {"crf": "20", "preset": "slow", "threads": "4"}
 
 
+def test_the_output_file_gets_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = write_clip(tmp_path / "clip.mp4")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_two_cli_runs_of_the_same_command_give_identical_files(tiny_model_dir, samples_dir, tmp_path, one_torch_thread):
     sample = samples_dir / "short_case_10"
     speech = tmp_path / "speech.wav"

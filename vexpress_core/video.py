@@ -5,6 +5,7 @@ the same frames."""
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -310,10 +311,8 @@ class VideoWriter:
             raise ValueError(
                 f"H.264 yuv420p needs an even width and height, got {width}x{height}; crop or pad the frames"
             )
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
-        os.close(handle)
-        self._temp = Path(name)
-        self._container = av.open(name, mode="w", format="mp4")
+        self._temp = new_part_file(self.path)
+        self._container = av.open(str(self._temp), mode="w", format="mp4")
         self._video = self._container.add_stream("libx264", rate=self.rate, options=self._options)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         if self._audio is not None:
@@ -334,6 +333,18 @@ class VideoWriter:
 
     def _mux(self, packets: list[av.Packet]) -> None:
         self._container.mux(packets)
+
+
+def new_part_file(path: Path) -> Path:
+    """A new empty file beside `path` for writing it under a temporary name, created with the
+    permissions of any new file (0666 less the umask; `tempfile.mkstemp` would give 0600)."""
+    while True:
+        candidate = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.part.mp4")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
 
 
 def _checked_audio(audio: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int] | None:
