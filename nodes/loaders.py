@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vexpress_core.checkpoint import CheckpointError, load_models, resolve_model_paths
+from vexpress_core.checkpoint import CheckpointError, checked_model_folder, load_models
 from vexpress_core.orchestration import DEFAULT_CROP, DEFAULT_FACE_MARGIN, Framing, framed_reference, reference_phase
 
 from . import choices, runtime
@@ -15,6 +15,8 @@ from .schema import Combo, Float, Int, Link, Node, Output
 from .types import IMAGE, MODELS, REFERENCE, image_to_uint8, uint8_to_image
 
 IDLE_CHOICES = ("gpu", "cpu")
+
+
 class VExpressLoadModels(Node):
     DISPLAY_NAME = "Load V-Express Models"
     DESCRIPTION = (
@@ -36,7 +38,7 @@ class VExpressLoadModels(Node):
         if will_download(model):
             return True
         try:
-            resolve_model_paths(model_folder_path(model))
+            checked_model_folder(model_folder_path(model))
         except CheckpointError as error:
             return str(error)
         return True
