@@ -411,6 +411,8 @@ def video_fps_and_length(path: str | Path) -> tuple[float, int | None]:
     import av
 
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate:
