@@ -21,7 +21,7 @@ from vexpress_core.framing.modes import crop_track, most_frontal_frame
 
 from . import choices, runtime
 from .detectors import detector_for
-from .schema import Boolean, Combo, Float, Int, Link, Node, Output
+from .schema import Boolean, Combo, Float, Int, Link, Node, Output, check_output_size, validation
 from .types import CROP_PLAN, IMAGE, KPS, MODELS, image_to_uint8, uint8_to_image
 
 
@@ -57,12 +57,14 @@ class VExpressFaceCrop(Node):
     )
 
     @classmethod
+    def validate_inputs(cls, width, height):
+        return validation(check_output_size, cls, width=width, height=height)
+
+    @classmethod
     def execute(cls, images, width, height, face_margin, fps, detector, face_index, reference_frame, models=None):
         if len(images) < 1:
             raise ValueError("Face Crop got no frames: connect a photo or the images of a video")
-        for name, value in (("width", width), ("height", height)):
-            if value < 8 or value % 8:
-                raise ValueError(f"Face Crop {name} must be a positive multiple of 8, got {value}")
+        check_output_size(cls, width=width, height=height)
         if reference_frame >= len(images):
             raise ValueError(f"Face Crop reference_frame {reference_frame} is out of range: {len(images)} frame(s)")
         finder = detector_for(detector, None if models is None else models.model_dir)

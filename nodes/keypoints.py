@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 
 from vexpress_core.detectors import extract_track
-from vexpress_core.keypoints import DEFAULT_SMOOTH, draw_track, smoothed_track
+from vexpress_core.keypoints import DEFAULT_SMOOTH, draw_track, load_any_track, smoothed_track
 from vexpress_core.keypoints.preview import overlay_track
 from vexpress_core.orchestration import PreparedReference, driving_track, track_phase
 
 from . import choices, runtime
 from .detectors import detector_for
-from .schema import Boolean, Combo, Float, Int, Link, Node, Output
+from .schema import Boolean, Combo, Float, Int, Link, Node, Output, validation
 from .types import AUDIO, IMAGE, KPS, MODELS, REFERENCE, SpeechInput, image_to_uint8, uint8_to_image
 
 TRACK_SUFFIXES = (".pth", ".pt", ".npz", ".json")
@@ -75,9 +75,10 @@ class VExpressKpsLoad(Node):
 
     @classmethod
     def validate_inputs(cls, file):
-        if not os.path.isfile(runtime.annotated_filepath(file)):
+        path = runtime.annotated_filepath(file)
+        if not os.path.isfile(path):
             return f"keypoint track file not found: {file} (put it in ComfyUI/input/)"
-        return True
+        return validation(load_any_track, path)
 
     @classmethod
     def fingerprint_inputs(cls, file, fps, smooth=0.0):

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from vexpress_core.checkpoint import CheckpointError, load_models, resolve_model_paths
+from vexpress_core.checkpoint import checked_model_folder, load_models
 from vexpress_core.orchestration import DEFAULT_CROP, DEFAULT_FACE_MARGIN, Framing, framed_reference, reference_phase
 
 from . import choices, runtime
 from .detectors import detector_for
 from .fetch import STORAGE_CHOICES, model_choices, model_folder, model_folder_path, model_folders, will_download  # noqa: F401  (model_folders: the loader module's public name)
 from .management import ModelHandle
-from .schema import Combo, Float, Int, Link, Node, Output
+from .schema import Combo, Float, Int, Link, Node, Output, check_output_size, validation
 from .types import IMAGE, MODELS, REFERENCE, image_to_uint8, uint8_to_image
 
 IDLE_CHOICES = ("gpu", "cpu")
+
+
 class VExpressLoadModels(Node):
     DISPLAY_NAME = "Load V-Express Models"
     DESCRIPTION = (
@@ -35,11 +37,7 @@ class VExpressLoadModels(Node):
     def validate_inputs(cls, model):
         if will_download(model):
             return True
-        try:
-            resolve_model_paths(model_folder_path(model))
-        except CheckpointError as error:
-            return str(error)
-        return True
+        return validation(lambda: checked_model_folder(model_folder_path(model)))
 
     @classmethod
     def execute(cls, model, dtype, keep_idle_on, store_as=STORAGE_CHOICES[0]):
@@ -77,12 +75,14 @@ class VExpressLoadReference(Node):
     )
 
     @classmethod
+    def validate_inputs(cls, width, height):
+        return validation(check_output_size, cls, width=width, height=height)
+
+    @classmethod
     def execute(cls, models: ModelHandle, image, width, height, crop, face_margin, detector, face_index):
         if image.shape[0] < 1:
             raise ValueError("Load Reference got an empty IMAGE batch: connect an image")
-        for name, value in (("width", width), ("height", height)):
-            if value < 8 or value % 8:
-                raise ValueError(f"Load Reference {name} must be a positive multiple of 8, got {value}")
+        check_output_size(cls, width=width, height=height)
         framing = Framing(crop, face_margin, None if face_index < 0 else face_index)
         framed = framed_reference(image_to_uint8(image[0]), width, height, detector_for(detector, models.model_dir), framing)
         with runtime.interruptible(models.models.vae, models.models.reference_net):

@@ -2,11 +2,11 @@
 MemorySettings), each optional on the sampler (unconnected = the published defaults)."""
 from __future__ import annotations
 
-from vexpress_core.sampling import MAX_CONTEXT_FRAMES
+from vexpress_core.sampling import MAX_CONTEXT_FRAMES, check_context
 from vexpress_core.settings import MemorySettings, WindowSettings
 
 from . import choices
-from .schema import Boolean, Combo, Int, Node, Output
+from .schema import Boolean, Combo, Int, Node, Output, validation
 from .types import MEMORY_OPTIONS, WINDOW_OPTIONS
 
 WINDOWS, MEMORY = WindowSettings(), MemorySettings()
@@ -26,6 +26,12 @@ class VExpressWindowOptions(Node):
         Combo("blend", choices.blend_names, "How overlapping windows are merged: mean (published) or ramp (smoother seams).", default=WINDOWS.blend),
     )
     OUTPUTS = (Output(WINDOW_OPTIONS, "window_options", "Connect to the Sampler's window_options."),)
+
+    @classmethod
+    def validate_inputs(cls, context_frames, context_overlap):
+        if context_frames is None or context_overlap is None:  # linked: checked when the node runs
+            return True
+        return validation(check_context, context_frames, context_overlap)
 
     @classmethod
     def execute(cls, context_frames, context_overlap, blend):

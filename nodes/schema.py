@@ -88,6 +88,10 @@ class Node:
         raise NotImplementedError(f"{cls.__name__} defines no execute")
 
     @classmethod
+    def input_spec(cls, name: str) -> Input:
+        return next(spec for spec in cls.INPUTS if spec.name == name)
+
+    @classmethod
     def has_validation(cls) -> bool:
         return "validate_inputs" in vars(cls)
 
@@ -102,6 +106,26 @@ class Node:
         if not isinstance(result, tuple) or len(result) != len(cls.OUTPUTS):
             raise TypeError(f"{cls.node_id()} returned {type(result).__name__}, expected {len(cls.OUTPUTS)} outputs")
         return result
+
+
+def validation(check: Callable[..., object], *args, **kwargs) -> bool | str:
+    """A `validate_inputs` answer from a check that raises ValueError: True, or the error's message."""
+    try:
+        check(*args, **kwargs)
+    except ValueError as error:
+        return str(error)
+    return True
+
+
+def check_output_size(node: type[Node], **sizes: int | None) -> None:
+    """Raises unless each size is a multiple of 8 within its input's range. A node whose
+    validate_inputs names these inputs must call this: ComfyUI then skips its own range check.
+    A linked value (None at validation) is checked when the node runs."""
+    for name, value in sizes.items():
+        spec = node.input_spec(name)
+        if value is not None and (value % 8 or not spec.min <= value <= spec.max):
+            raise ValueError(f"{node.DISPLAY_NAME}: {name} must be a multiple of 8 between {spec.min} and {spec.max}, "
+                             f"got {value}")
 
 
 def _pruned(values: dict) -> dict:

@@ -1,7 +1,7 @@
 """Checks the pack against a real ComfyUI (not collected by pytest: CI has no ComfyUI).
 
     cd /path/to/ComfyUI && PYTHONPATH=$PWD python /path/to/pack/tests/comfyui_live_check.py \
-        [--server http://127.0.0.1:8188] [--workflows]
+        [--server http://127.0.0.1:8188] [--workflows] [--long-lived --server-pid PID]
 
 1. Every node rendered with ComfyUI's own comfy_api io (comfy_node) serialises exactly as the pack's
    `object_info` (what tests/test_workflows.py validates the shipped workflows against), and
@@ -12,14 +12,24 @@
    Reference and V-Kps Extract, then a valid run in the same process.
 4. With --server: the live /object_info equals the pack's for every node; with --workflows the shipped
    API workflows are queued at 64x64, 2 steps (inputs vexpress_* in ComfyUI/input) and must succeed.
+5. With --long-lived (a server started as `python main.py --cpu`, its process id as --server-pid, on
+   this machine): 10 prompts back to back alternating settings and two model folders (V-Express and
+   V-Express-b, tiny models of another seed, made here when missing) all succeed and the server's RSS
+   after prompt 10 is within 5% of that after prompt 2; "Unload models" (POST /free) lowers it; then
+   3 bad prompts (a width that is not a multiple of 8, a photo without a face, a model folder whose
+   safetensors header claims more bytes than the file holds), each followed by a good one: every bad
+   one fails with its message, every good one succeeds. The RSS figures are printed.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import shutil
+import struct
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -112,6 +122,104 @@ def survival() -> None:
         check(execute(BY_ID[node_id], inputs).ok, f"{node_id}: the next run in the same process succeeds")
 
 
+def queue(url: str, prompt: dict) -> tuple[str, dict]:
+    """Queues a prompt and waits for it: ("success" | "error", its history entry); a prompt refused
+    by validation gives ("refused", the server's answer)."""
+    request = urllib.request.Request(f"{url}/prompt", json.dumps({"prompt": prompt}).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        prompt_id = json.load(urllib.request.urlopen(request))["prompt_id"]
+    except urllib.error.HTTPError as error:
+        return "refused", json.loads(error.read())
+    while True:
+        history = json.load(urllib.request.urlopen(f"{url}/history/{prompt_id}"))
+        if prompt_id in history:
+            entry = history[prompt_id]
+            return entry["status"]["status_str"], entry
+        time.sleep(1)
+
+
+def server_rss(pid: int) -> int:
+    """Resident memory of the server process, in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")) * 1024
+
+
+def fix_face_prompt(model: str, size: int, steps: int, seed: int, image: str = "vexpress_portrait.jpg") -> dict:
+    """The shipped fix_face workflow, small, with the given model folder and settings."""
+    prompt = json.loads((HERE.parent / "workflows" / "api" / "vexpress_photo_audio_fix_face.json").read_text())
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "VExpressLoadModels":
+            inputs.update(model=model, dtype="fp32")
+        elif node["class_type"] == "VExpressLoadReference":
+            inputs.update(width=size, height=size, detector="retinaface")
+        elif node["class_type"] == "VExpressSampler":
+            inputs.update(steps=steps, seed=seed, previews=False)
+        elif node["class_type"] == "LoadImage":
+            inputs.update(image=image)
+    return prompt
+
+
+def error_text(outcome: tuple[str, dict]) -> str:
+    return json.dumps(outcome[1])
+
+
+def prepare_long_lived_inputs() -> None:
+    """A second tiny model folder, a folder whose header lies, and a photo without a face."""
+    from PIL import Image
+
+    from vexpress_core.tiny import make_tiny_models
+
+    root = Path(folder_paths.get_folder_paths("v-express")[0])
+    if not (root / "V-Express-b").exists():
+        make_tiny_models(root / "V-Express-b", seed=1)
+    lying = root / "V-Express-header-lies"
+    if not lying.exists():
+        shutil.copytree(root / "V-Express", lying)
+        weights = lying / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"
+        weights.unlink(missing_ok=True)
+        weights.write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(Path(folder_paths.get_input_directory()) / "vexpress_no_face.png")
+
+
+def long_lived(url: str, pid: int) -> None:
+    prepare_long_lived_inputs()
+    rss = []
+    for index in range(10):
+        model = ("V-Express", "V-Express-b")[index % 2]
+        size, steps = ((64, 1), (80, 2))[index // 2 % 2]
+        outcome = queue(url, fix_face_prompt(model, size, steps, seed=index))
+        rss.append(server_rss(pid))
+        check(outcome[0] == "success", f"long-lived prompt {index + 1} ({model}, {size}x{size}, {steps} steps): "
+                                       f"{outcome[0]}, server RSS {rss[-1] / 2**20:.1f} MiB")
+    growth = rss[9] / rss[1] - 1
+    check(abs(growth) <= 0.05, f"server RSS after prompt 10 vs after prompt 2: {growth:+.1%} "
+                               f"({rss[1] / 2**20:.1f} -> {rss[9] / 2**20:.1f} MiB; allowed 5%)")
+    request = urllib.request.Request(f"{url}/free", json.dumps({"unload_models": True, "free_memory": True}).encode(),
+                                     {"Content-Type": "application/json"})
+    urllib.request.urlopen(request)
+    time.sleep(5)  # setting the flags wakes the prompt worker, which unloads, resets its caches and collects
+    unloaded = server_rss(pid)
+    check(unloaded < rss[9], f"Unload models: server RSS {rss[9] / 2**20:.1f} -> {unloaded / 2**20:.1f} MiB")
+    bad = {
+        "width 100": (fix_face_prompt("V-Express", 64, 1, 0), "multiple of 8"),
+        "photo without a face": (fix_face_prompt("V-Express", 64, 1, 0, image="vexpress_no_face.png"), "no face found"),
+        "safetensors header claiming 1 TB": (fix_face_prompt("V-Express-header-lies", 64, 1, 0), "claims"),
+    }
+    for node in bad["width 100"][0].values():
+        if node["class_type"] == "VExpressLoadReference":
+            node["inputs"]["width"] = 100
+    for name, (prompt, message) in bad.items():
+        outcome = queue(url, prompt)
+        check(outcome[0] != "success" and message in error_text(outcome),
+              f"bad prompt ({name}) fails with its message: {outcome[0]}")
+        good = queue(url, fix_face_prompt("V-Express", 64, 1, 1))
+        check(good[0] == "success", f"the good prompt after the bad one ({name}) succeeds")
+    print(f"server RSS (MiB) after each of the 10 prompts: {', '.join(f'{value / 2**20:.1f}' for value in rss)}; "
+          f"after Unload models: {unloaded / 2**20:.1f}; after the bad prompts: {server_rss(pid) / 2**20:.1f}")
+
+
 def server(url: str, workflows: bool) -> None:
     live = json.load(urllib.request.urlopen(f"{url}/object_info"))
     for node_id, node in BY_ID.items():
@@ -144,12 +252,18 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--server")
     parser.add_argument("--workflows", action="store_true")
+    parser.add_argument("--long-lived", action="store_true", help="10 prompts, Unload models, 3 bad prompts (needs --server-pid)")
+    parser.add_argument("--server-pid", type=int, help="process id of the ComfyUI server (for its RSS)")
     options = parser.parse_args()
+    if options.long_lived and not (options.server and options.server_pid):
+        parser.error("--long-lived needs --server and --server-pid")
     schema_fidelity()
     model_management()
     survival()
     if options.server:
         server(options.server.rstrip("/"), options.workflows)
+    if options.long_lived:
+        long_lived(options.server.rstrip("/"), options.server_pid)
     failed = [line for line in REPORT if line.startswith("FAIL")]
     print(f"{len(REPORT) - len(failed)} ok, {len(failed)} failed")
     return 1 if failed else 0

@@ -781,13 +781,15 @@ def test_silent_audio_says_to_give_speech(comfy, handle, speech_audio):
 
 def test_bad_sizes_name_the_input_and_the_rule(comfy, handle, portrait, prepared):
     good = dict(models=handle, image=portrait, **REFERENCE_ARGS)
-    assert_survives("VExpressLoadReference", {**good, "width": 100}, good, "width must be a positive multiple of 8, got 100")
-    assert_survives("VExpressLoadReference", {**good, "height": 32}, good, "Value 32 smaller than min of 64: height")
+    assert_survives("VExpressLoadReference", {**good, "width": 100}, good,
+                    "width must be a multiple of 8 between 64 and 1024, got 100")
+    assert_survives("VExpressLoadReference", {**good, "height": 32}, good,
+                    "height must be a multiple of 8 between 64 and 1024, got 32")
     assert_survives("VExpressLoadReference", {**good, "image": portrait[:0]}, good, "empty IMAGE batch", "connect an image")
     options = dict(context_frames=4, context_overlap=1, blend="mean")
     assert_survives("VExpressWindowOptions", {**options, "context_overlap": 4}, options,
                     "context_overlap must be in 0..context_frames-1 (3), got 4")
-    assert_survives("VExpressWindowOptions", {**options, "context_frames": 40}, options, "Value 40 bigger than max of 32")
+    assert_survives("VExpressWindowOptions", {**options, "context_frames": 40}, options, "context_frames must be in 1..32")
 
 
 def interrupt_on_check(comfy, number: int) -> None:

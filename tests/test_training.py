@@ -30,7 +30,7 @@ from vexpress_core.audio import (
     load_audio_encoder,
     padded_audio_sequence,
 )
-from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, load_models, read_unet_config
+from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, load_models, read_config
 from vexpress_core.keypoints import draw_kps_image
 from vexpress_core.models import VExpressUNet, reference_features
 from vexpress_core.video import read_video_frames, write_mp4
@@ -463,7 +463,7 @@ def test_every_stage_config_sets_every_key():
 
 
 def test_initialise_from_sd_unet_and_animatediff(tmp_path, tiny_models):
-    unet_config = read_unet_config(tiny_models / "stable-diffusion-v1-5" / "unet" / "config.json")
+    unet_config = read_config(tiny_models / "stable-diffusion-v1-5" / "unet" / "config.json")
     torch.manual_seed(1)
     sd_unet = UNet2DConditionModel.from_config(unet_config)
     sd_unet.save_pretrained(tmp_path / "sd" / "unet")

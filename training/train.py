@@ -34,7 +34,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, read_state_dict, read_unet_config, save_weights, split_weights, weight_file
+from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, read_config, read_state_dict, save_weights, split_weights, weight_file
 from vexpress_core.dtypes import DTYPES
 
 from .clipdata import DataError
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
             (output / RUN_CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     set_seed(config.seed)
 
-    unet_config = read_unet_config(model_file(args.models, UNET_CONFIG))
+    unet_config = read_config(model_file(args.models, UNET_CONFIG))
     audio_dim = json.loads(model_file(args.models, WAV2VEC2_CONFIG).read_text())["hidden_size"]
     vae = AutoencoderKL.from_pretrained(model_file(args.models, VAE_FOLDER), torch_dtype=weight_dtype(accelerator),
                                         local_files_only=True)

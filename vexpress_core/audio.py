@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+from .model_files import CheckpointError
+
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
 WAV2VEC2_FOLDER = "wav2vec2-base-960h"
@@ -120,8 +122,16 @@ def load_audio_encoder(
             f"no wav2vec2 model at {folder}: expected {WAV2VEC2_FOLDER}/config.json "
             "(download facebook/wav2vec2-base-960h into the model directory)"
         )
-    feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
-    encoder = Wav2Vec2Model.from_pretrained(folder, local_files_only=True)
+    try:
+        feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
+        encoder, loading = Wav2Vec2Model.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{folder}: cannot be loaded as wav2vec2 ({error})") from error
+    # transformers only warns about weights the file lacks and fills them with random values.
+    wrong = sorted(loading["missing_keys"]) + sorted(str(item) for item in loading["mismatched_keys"])
+    if wrong:
+        raise CheckpointError(f"{folder}: the weights do not match its config.json; missing or wrongly shaped: "
+                              f"{', '.join(wrong[:8])}{' ...' if len(wrong) > 8 else ''} ({len(wrong)} in all)")
     return feature_extractor, encoder.to(device=device, dtype=dtype).eval()
 
 

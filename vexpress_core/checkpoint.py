@@ -7,14 +7,20 @@ Layout (a copy of Hugging Face `tk93/V-Express`'s `model_ckpts`):
     wav2vec2-base-960h/       (transformers Wav2Vec2Model + feature-extractor config)
     insightface_models/       (optional)
 
-Networks are built on the meta device and the checkpoint tensors are assigned in place, so the
-full ~2.25 B parameters never exist twice in RAM. Every key and shape is checked; the one error
-names the file, the counts and the first offending keys.
+Before anything is read in full, every file is checked from its header (`model_files`: links
+out of the folder, truncated or overlapping safetensors, cut-off zip archives, oversized configs).
+Networks are built on the meta device (their buffers too), checked against the files' shapes and
+only then filled: the checkpoint tensors are assigned in place, so the full ~2.25 B parameters
+never exist twice in RAM, and a config asking for absurd sizes allocates nothing. A config may not
+ask for more blocks than its weights hold. Every key and shape is checked; the one error names the
+file, the counts and the first offending keys.
 """
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +31,10 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from .audio import load_audio_encoder
+from .model_files import CheckpointError, check_files, config_problem, safetensors_shapes
 from .models import (
     REFERENCE_NET_ABSENT_KEYS,
     AudioProjection,
@@ -43,8 +50,40 @@ POSITION_CODE_SUFFIX = "pos_encoder.pe"
 SHOWN_KEYS = 8
 
 
-class CheckpointError(ValueError):
-    """A model file is missing, unreadable or does not match the network."""
+def largest_count(value) -> int:
+    """The largest whole number in a config value that is one or a (nested) list of them."""
+    if type(value) is int:
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        return max(largest_count(item) for item in value)
+    raise TypeError(f"expected a whole number or a list of them, got {value!r}")
+
+
+# Files of the two pretrained folders that loading reads: fixed files, then weights (first found
+# wins, as diffusers and transformers choose them).
+FOLDER_FILES = {
+    "stable-diffusion-v1-5/unet": (("config.json",), ()),
+    "sd-vae-ft-mse": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")),
+    "wav2vec2-base-960h": (("config.json", "preprocessor_config.json"), ("model.safetensors", "pytorch_model.bin")),
+}
+# Config values that set how many blocks a network has, with how to read the largest count asked
+# for and the file keys whose indices count the blocks there: a config may not ask for more blocks
+# than its weights hold (building them, even on the meta device, costs time and memory).
+UNET_BLOCKS = (
+    ("block_out_channels", len, r"(?:^|\.)down_blocks\.(\d+)\."),
+    ("layers_per_block", largest_count, r"(?:^|\.)down_blocks\.\d+\.resnets\.(\d+)\."),
+    ("transformer_layers_per_block", largest_count, r"\.transformer_blocks\.(\d+)\."),
+)
+VAE_BLOCKS = (
+    ("block_out_channels", len, r"^encoder\.down_blocks\.(\d+)\."),
+    ("layers_per_block", largest_count, r"^encoder\.down_blocks\.\d+\.resnets\.(\d+)\."),
+)
+WAV2VEC2_WIDTH_KEY = "feature_projection.projection.weight"  # [hidden_size, last conv_dim]
+WAV2VEC2_PREFIX = "wav2vec2."  # the published checkpoint is a Wav2Vec2ForCTC's
+WAV2VEC2_BLOCKS = (
+    ("num_hidden_layers", largest_count, r"(?:^|\.)encoder\.layers\.(\d+)\."),
+    ("conv_dim", len, r"(?:^|\.)feature_extractor\.conv_layers\.(\d+)\."),
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +94,8 @@ class ModelPaths:
     vae: Path
     wav2vec2: Path
     insightface: Path
+    vae_weights: Path | None = None
+    wav2vec2_weights: Path | None = None
 
 
 @dataclass
@@ -120,6 +161,14 @@ def resolve_model_paths(model_dir: str | Path, weights_dir: str | Path | None = 
             missing.append(f"{name}.bin|.safetensors")
         else:
             weights[name] = found
+    pretrained = {}
+    for folder_name, (fixed, weight_names) in FOLDER_FILES.items():
+        missing += [str(Path(folder_name) / name) for name in fixed if not (root / folder_name / name).is_file()]
+        if weight_names:
+            pretrained[folder_name] = next((root / folder_name / name for name in weight_names
+                                            if (root / folder_name / name).is_file()), None)
+            if pretrained[folder_name] is None:
+                missing.append(str(Path(folder_name) / "|".join(weight_names)))
     paths = ModelPaths(
         root=root,
         weights=weights,
@@ -127,13 +176,33 @@ def resolve_model_paths(model_dir: str | Path, weights_dir: str | Path | None = 
         vae=root / "sd-vae-ft-mse",
         wav2vec2=root / "wav2vec2-base-960h",
         insightface=root / "insightface_models",
+        vae_weights=pretrained["sd-vae-ft-mse"],
+        wav2vec2_weights=pretrained["wav2vec2-base-960h"],
     )
-    for required in (paths.unet_config, paths.vae / "config.json", paths.wav2vec2 / "config.json"):
-        if not required.is_file():
-            missing.append(str(required.relative_to(root)))
     if missing:
         raise CheckpointError(f"model directory {root} is incomplete; missing: {', '.join(missing)} (in {folder} for the V-Express weights)")
     return paths
+
+
+def checked_model_folder(model_dir: str | Path, weights_dir: str | Path | None = None) -> ModelPaths:
+    """`resolve_model_paths`, once every file loading would read is checked from its header (see
+    `model_files`): cheap enough to run before any other work."""
+    paths = resolve_model_paths(model_dir, weights_dir)
+    weights_folder = Path(weights_dir).expanduser() if weights_dir else paths.root
+    files = [(path, weights_folder) for path in paths.weights.values()]
+    files += [(path, paths.root) for path in (paths.unet_config, paths.vae / "config.json", paths.vae_weights,
+                                              paths.wav2vec2 / "config.json", paths.wav2vec2 / "preprocessor_config.json",
+                                              paths.wav2vec2_weights)]
+    check_files(files)
+    return paths
+
+
+def declared_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a weights file without reading its data: a safetensors header, or a torch
+    file's tensors memory-mapped."""
+    if path.suffix == ".safetensors":
+        return safetensors_shapes(path)
+    return {key: tuple(tensor.shape) for key, tensor in read_state_dict(path).items()}
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -155,8 +224,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def mismatch_report(source: str, expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor], ignored: Iterable[str] = ()) -> str | None:
-    """A description of missing, unexpected and wrongly shaped keys, or None when everything matches."""
+def mismatch_report(source: str, expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor], ignored: Iterable[str] = (),
+                    built_from: Path | None = None) -> str | None:
+    """A description of missing, unexpected and wrongly shaped keys, or None when everything matches.
+    `built_from`: the config the network was sized by, named because it may be the wrong one."""
     ignored = set(ignored)
     missing = [k for k in expected if k not in found and not k.endswith(POSITION_CODE_SUFFIX)]
     unexpected = [k for k in found if k not in expected and k not in ignored]
@@ -167,7 +238,8 @@ def mismatch_report(source: str, expected: Mapping[str, torch.Size], found: Mapp
     ]
     if not (missing or unexpected or wrong):
         return None
-    parts = [f"{source} does not match the network ({len(found)} tensors in file, {len(expected)} expected):"]
+    network = "the network" if built_from is None else f"the network built from {built_from}"
+    parts = [f"{source} does not match {network} ({len(found)} tensors in file, {len(expected)} expected):"]
     for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
         if items:
             more = f" ... and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
@@ -198,10 +270,11 @@ def usable_as_is(tensor: torch.Tensor, device: torch.device | str, dtype: torch.
 
 
 def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype,
-                   device: torch.device | str, ignored: Iterable[str] = ()) -> torch.nn.Module:
-    """Strictly check `state` against `model` (built on meta), then assign it in place."""
+                   device: torch.device | str, ignored: Iterable[str] = (), built_from: Path | None = None) -> torch.nn.Module:
+    """Strictly check `state` against `model` (built on meta), then assign it in place; position
+    codes the file lacks are computed."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    report = mismatch_report(source, expected, state, ignored)
+    report = mismatch_report(source, expected, state, ignored, built_from)
     if report:
         raise CheckpointError(report)
     check_position_codes(source, state)
@@ -215,7 +288,9 @@ def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], so
             converted[key] = usable_as_is(tensor, device, target if tensor.is_floating_point() else tensor.dtype)
     model.load_state_dict(converted, strict=False, assign=True)
     for name, buffer in model.named_buffers():
-        if buffer.device.type == "meta":
+        if buffer.device.type == "meta" and name.endswith(POSITION_CODE_SUFFIX):
+            buffer = sinusoidal_position_code(*buffer.shape[1:])
+        elif buffer.device.type == "meta":
             raise CheckpointError(f"{source}: buffer {name} was neither in the file nor computable")
         target = torch.float32 if name.endswith(POSITION_CODE_SUFFIX) else buffer.dtype
         model.get_submodule(name.rsplit(".", 1)[0]).register_buffer(name.rsplit(".", 1)[1], buffer.to(device, target))
@@ -261,11 +336,66 @@ def audio_projection_config(state: Mapping[str, torch.Tensor], source: str = "au
         raise CheckpointError(f"{source}: the audio projection weights lack {error}") from error
 
 
-def read_unet_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """A config.json's settings, once it is known to be a small JSON object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable UNet config.json ({error})") from error
+        problem = config_problem(path)
+    except OSError as error:
+        raise CheckpointError(f"{path}: not a readable config.json ({error})") from error
+    if problem:
+        raise CheckpointError(problem)
+    return json.loads(path.read_bytes())
+
+
+def check_block_counts(config: Mapping, config_path: Path, blocks, keys: Iterable[str], weights_path: Path) -> None:
+    """Raises when `config` asks for more blocks of some kind than the weights file holds."""
+    keys = list(keys)
+    for field_name, measure, pattern in blocks:
+        if field_name not in config:
+            continue
+        try:
+            asked = measure(config[field_name])
+        except TypeError as error:
+            raise CheckpointError(f"{config_path}: {field_name} is malformed ({error})") from error
+        indices = [int(found.group(1)) for key in keys if (found := re.search(pattern, key))]
+        held = max(indices) + 1 if indices else 0
+        if asked > held:
+            raise CheckpointError(f"{config_path}: {field_name} asks for {asked} blocks where {weights_path} holds "
+                                  f"{held}: the config and the weights are not the same model")
+
+
+def network_on_meta(build: Callable[[], torch.nn.Module], config_path: Path) -> torch.nn.Module:
+    """`build()` with every parameter and buffer on the meta device (no memory); a config the
+    constructor refuses becomes one CheckpointError naming it."""
+    try:
+        with init_empty_weights(include_buffers=True):
+            return build()
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as error:
+        raise CheckpointError(f"{config_path} describes a network that cannot be built ({type(error).__name__}: {error}): "
+                              "is it the config of these weights?") from error
+
+
+def check_shared_shapes(network: torch.nn.Module, config_path: Path, shapes: Mapping[str, tuple[int, ...]],
+                        weights_path: Path, prefix: str = "") -> None:
+    """Raises when a tensor the network and the file both name (the file's keys without `prefix`)
+    has another shape in the file. Keys only one side names are left to the library's loading,
+    which knows the renames between its versions."""
+    found = {key.removeprefix(prefix): torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    expected = {key: tensor.shape for key, tensor in network.state_dict().items() if key in found}
+    report = mismatch_report(str(weights_path), expected, {key: found[key] for key in expected}, built_from=config_path)
+    if report:
+        raise CheckpointError(report)
+
+
+def check_network_fits_file(network: torch.nn.Module, config_path: Path, shapes: Mapping[str, tuple[int, ...]],
+                            weights_path: Path) -> None:
+    """Raises when the network a config describes holds more values than its weights file, before
+    anything of that size is allocated."""
+    needed = sum(tensor.numel() for tensor in network.state_dict().values())
+    held = sum(math.prod(shape) for shape in shapes.values())
+    if needed > held:
+        raise CheckpointError(f"{config_path} describes a network of {needed:,} values but {weights_path} holds "
+                              f"{held:,}: the config and the weights are not the same model")
 
 
 def denoising_state(paths: ModelPaths) -> tuple[dict[str, torch.Tensor], str]:
@@ -301,19 +431,22 @@ def motion_max_len(state: Mapping[str, torch.Tensor]) -> int:
 
 def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
     """(reference_net, denoising_unet, v_kps_guider, audio_projection), strictly loaded."""
-    unet_config = read_unet_config(paths.unet_config)
+    unet_config = read_config(paths.unet_config)
+    reference_state = read_state_dict(paths.weights["reference_net"])
+    check_block_counts(unet_config, paths.unet_config, UNET_BLOCKS, reference_state, paths.weights["reference_net"])
     guider_state = read_state_dict(paths.weights["v_kps_guider"])
     projection_state = read_state_dict(paths.weights["audio_projection"])
     unet_state, unet_label = denoising_state(paths)
-    reference, unet, guider, projection = build_networks(
-        unet_config,
-        guider_config(guider_state, str(paths.weights["v_kps_guider"])),
-        audio_projection_config(projection_state, str(paths.weights["audio_projection"])),
-        motion_max_len(unet_state),
+    guider_cfg = guider_config(guider_state, str(paths.weights["v_kps_guider"]))
+    projection_cfg = audio_projection_config(projection_state, str(paths.weights["audio_projection"]))
+    reference, unet, guider, projection = network_on_meta(
+        lambda: build_networks(unet_config, guider_cfg, projection_cfg, motion_max_len(unet_state)),
+        paths.unet_config,
     )
-    reference = assign_weights(reference, read_state_dict(paths.weights["reference_net"]), str(paths.weights["reference_net"]),
-                               dtype, device, ignored=REFERENCE_NET_ABSENT_KEYS)
-    unet = assign_weights(unet, unet_state, unet_label, dtype, device)
+    reference = assign_weights(reference, reference_state, str(paths.weights["reference_net"]),
+                               dtype, device, ignored=REFERENCE_NET_ABSENT_KEYS, built_from=paths.unet_config)
+    del reference_state
+    unet = assign_weights(unet, unet_state, unet_label, dtype, device, built_from=paths.unet_config)
     del unet_state
     guider = assign_weights(guider, guider_state, str(paths.weights["v_kps_guider"]), dtype, device)
     projection = assign_weights(projection, projection_state, str(paths.weights["audio_projection"]), dtype, device)
@@ -323,15 +456,50 @@ def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32
 def load_models(model_dir: str | Path, weights_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu") -> VExpressModels:
     """Every network of a published-layout model directory, strictly checked, in `dtype` on `device`."""
-    paths = resolve_model_paths(model_dir, weights_dir)
+    paths = checked_model_folder(model_dir, weights_dir)
+    check_vae_config(paths)
+    check_wav2vec2_config(paths)
     reference, unet, guider, projection = load_vexpress_networks(paths, dtype, device)
     try:
         vae = AutoencoderKL.from_pretrained(paths.vae, torch_dtype=dtype, local_files_only=True).to(device).eval()
-        extractor, encoder = load_audio_encoder(paths.wav2vec2, dtype, device)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{paths.root}: cannot load the VAE or wav2vec2 folders ({error})") from error
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{paths.vae_weights}: cannot be loaded as the VAE of {paths.vae} ({error})") from error
+    extractor, encoder = load_audio_encoder(paths.wav2vec2, dtype, device)
     return VExpressModels(reference, unet, guider, projection, vae.requires_grad_(False), encoder.requires_grad_(False),
                           extractor, paths, dtype, torch.device(device))
+
+
+def check_vae_config(paths: ModelPaths) -> None:
+    """Raises unless the VAE's config describes a network its weights file can fill (nothing is allocated)."""
+    config_path = paths.vae / "config.json"
+    config = read_config(config_path)
+    shapes = declared_shapes(paths.vae_weights)
+    check_block_counts(config, config_path, VAE_BLOCKS, shapes, paths.vae_weights)
+    network = network_on_meta(lambda: AutoencoderKL.from_config(config), config_path)
+    check_shared_shapes(network, config_path, shapes, paths.vae_weights)
+    check_network_fits_file(network, config_path, shapes, paths.vae_weights)
+
+
+def check_wav2vec2_config(paths: ModelPaths) -> None:
+    """Raises unless wav2vec2's config describes a network its weights file can fill (nothing is allocated)."""
+    config_path = paths.wav2vec2 / "config.json"
+    config = read_config(config_path)
+    shapes = declared_shapes(paths.wav2vec2_weights)
+    check_block_counts(config, config_path, WAV2VEC2_BLOCKS, shapes, paths.wav2vec2_weights)
+    check_hidden_size(config, config_path, shapes, paths.wav2vec2_weights)
+    network = network_on_meta(lambda: Wav2Vec2Model(Wav2Vec2Config.from_dict(config)), config_path)
+    check_shared_shapes(network, config_path, shapes, paths.wav2vec2_weights, prefix=WAV2VEC2_PREFIX)
+    check_network_fits_file(network, config_path, shapes, paths.wav2vec2_weights)
+
+
+def check_hidden_size(config: Mapping, config_path: Path, shapes: Mapping[str, tuple[int, ...]], weights_path: Path) -> None:
+    """Raises unless wav2vec2's hidden_size is the width of its weights: Wav2Vec2Model allocates a
+    vector of that size for real even when built on the meta device."""
+    widths = {shape[0] for key, shape in shapes.items() if key.endswith(WAV2VEC2_WIDTH_KEY) and shape}
+    if config.get("hidden_size") not in widths:
+        raise CheckpointError(f"{config_path}: hidden_size {config.get('hidden_size')!r} is not the width of the weights "
+                              f"in {weights_path} ({', '.join(map(str, sorted(widths))) or f'no {WAV2VEC2_WIDTH_KEY}'}): "
+                              "the config and the weights are not the same model")
 
 
 def split_weights(networks: Mapping[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:

@@ -14,7 +14,7 @@ from .dtypes import AUTO, DTYPES, resolved_dtype
 from .detectors import DETECTORS, MissingBackend
 from .keypoints import DEFAULT_SMOOTH, RESAMPLE_MODES, RETARGET_MODES
 from .orchestration import CROP_MODES, DEFAULT_CROP, DEFAULT_FACE_MARGIN
-from .cli_common import default_device, progress_bar, read_image, settings_from
+from .cli_common import check_track_options, checked_device, progress_bar, read_image, settings_from
 from .sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
 
 
@@ -106,26 +106,35 @@ def run_generate(args: argparse.Namespace) -> Path:
     if not args.reference:
         raise ValueError("generate needs a portrait: --reference PHOTO (or --dub VIDEO to re-voice a video)")
     from .audio import load_audio
-    from .checkpoint import load_models
+    from .checkpoint import checked_model_folder, load_models
     from .detectors import make_detector
     from .offload import DENOISING_NETWORKS, placed
     from .orchestration import (Framing, driving_track, framed_reference, generation_settings, reference_phase,
                                 speech_phase, track_phase, video_phase)
     from .pipeline import denoise
-    from .video import check_output_path
+    from .video import check_output_path, video_fps_and_length
 
+    # Everything that can be checked cheaply is, before any detection, decoding or model loading.
     settings = settings_from(args)
     framing = Framing(args.crop, args.face_margin, args.face_index)
+    check_track_options(args)
     out = check_output_path(args.out)
+    checked_model_folder(args.models, args.weights)
     state = distributed_state()
-    device = args.device or (str(state.device) if state else default_device())
+    device = checked_device(args.device or (str(state.device) if state else None))
+    if args.driving_video:
+        video_fps_and_length(args.driving_video)
+    driving = driving_track(args.kps, args.kps_fps, smooth=args.smooth) if args.kps else None
     image = read_image(args.reference)
     waveform = load_audio(args.audio)
+
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
     detector = make_detector(args.detector, args.models)
     framed = framed_reference(image, settings.width, settings.height, detector, framing)
-    driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index, args.smooth)
+    if args.driving_video:
+        driving = driving_track(driving_video=args.driving_video, detector=detector, face_index=args.face_index,
+                                smooth=args.smooth)
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
 
     def using(names):
@@ -175,7 +184,12 @@ def run_demo(args: argparse.Namespace) -> Path:
 def run_extract(args: argparse.Namespace) -> Path:
     from .detectors import extract_track_from_video, make_detector
     from .keypoints import save_track, smoothed_track
+    from .video import check_output_path, video_fps_and_length
 
+    if Path(args.out).suffix not in (".npz", ".json"):
+        raise ValueError(f"{args.out}: keypoint tracks are saved as .npz or .json")
+    check_output_path(args.out)
+    video_fps_and_length(args.video)
     detector = make_detector(args.detector, args.models)
     with tqdm(desc="detecting faces", unit="frame") as bar:
         def progress(done: int, total: int | None) -> None:
@@ -202,6 +216,7 @@ def run_preview_kps(args: argparse.Namespace) -> Path:
     out = check_output_path(args.out)
     if out.suffix.lower() not in (".mp4", ".png"):
         raise ValueError(f"{out}: preview-kps writes an .mp4 (with the speech) or a .png strip")
+    check_track_options(args)
     waveform = load_audio(args.audio)
     num_frames = frame_count(len(waveform), SAMPLE_RATE, args.fps)
     detector = make_detector(args.detector, args.models)

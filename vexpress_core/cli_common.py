@@ -1,5 +1,6 @@
 """Helpers shared by the command line's commands (cli.py, framing/commands.py): the device, the
-settings from the parsed options, the progress bar and reading the reference photo."""
+settings from the parsed options, the checks run before any work, the progress bar and reading the
+reference photo."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,40 @@ import torch
 from tqdm import tqdm
 
 
+MAX_MOTION_SCALE = 2.0
+MAX_SMOOTH = 3.0
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checked_device(name: str | None) -> str:
+    """`name` (default: cuda when available) once torch can compute on it here."""
+    name = name or default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a device name torch knows (cpu, cuda, cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device torch can use; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
+    return name
+
+
+def check_track_options(args: argparse.Namespace) -> None:
+    """The keypoint-track options' ranges (generate, preview-kps)."""
+    if args.face_index is not None and args.face_index < 0:
+        raise ValueError(f"--face-index counts faces from the left from 0, got {args.face_index}")
+    if args.kps_fps is not None and not 0 < args.kps_fps < 1000:
+        raise ValueError(f"--kps-fps must be a frame rate in (0, 1000), got {args.kps_fps}")
+    if args.smooth is not None and not 0 <= args.smooth <= MAX_SMOOTH:
+        raise ValueError(f"--smooth must be between 0 (off) and {MAX_SMOOTH:g}, got {args.smooth}")
+    if not 0 <= args.motion_scale <= MAX_MOTION_SCALE:
+        raise ValueError(f"--motion-scale must be between 0 (still head) and {MAX_MOTION_SCALE:g}, got {args.motion_scale}")
 
 
 def settings_from(args: argparse.Namespace):

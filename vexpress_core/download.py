@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import WEIGHT_NAMES, CheckpointError, cast_state, load_vexpress_networks, read_state_dict, resolve_model_paths
+from .checkpoint import FOLDER_FILES, WEIGHT_NAMES, CheckpointError, cast_state, load_vexpress_networks, read_state_dict, resolve_model_paths
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,6 @@ PUBLISHED_PREFIX = "model_ckpts/"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 POLL_SECONDS = 0.25
 OPTIONAL_WEIGHTS = ("motion_module",)  # the denoising UNet file may carry the motion keys itself
-# Files of a folder that V-Express loads, by layout folder: fixed files, then weights (first found wins).
-FOLDER_FILES = {
-    "stable-diffusion-v1-5/unet": (("config.json",), ()),
-    "sd-vae-ft-mse": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")),
-    "wav2vec2-base-960h": (("config.json", "preprocessor_config.json"), ("model.safetensors", "pytorch_model.bin")),
-}
 INSIGHTFACE_FOLDER = "insightface_models/models/buffalo_l"
 
 Progress = Callable[[int, int], None]

@@ -1,9 +1,11 @@
 """Video output for V-Express: the published 3x3x3 median deflicker (SPEC step 11), streamed, and
-an H.264/AAC mp4 writer that never leaves a half-written file behind."""
+an H.264/AAC mp4 writer that never leaves a half-written file behind and writes the same bytes for
+the same frames."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -18,6 +20,9 @@ if TYPE_CHECKING:  # PyAV is imported where it is used: 15 MiB of memory that ge
     import av
 
 MAX_FPS_DENOMINATOR = 1001  # keeps NTSC rates (30000/1001) exact
+# x264's output depends on its thread count; a fixed count (not x264's default of 1.5 per core)
+# gives the same bytes whatever the machine's core count or the process's CPU affinity.
+X264_THREADS = 4
 
 
 def to_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -167,6 +172,28 @@ def video_rate(fps: float | Fraction) -> Fraction:
     return rate.limit_denominator(MAX_FPS_DENOMINATOR)
 
 
+def cpu_has_avx512() -> bool:
+    """Whether this CPU (and OS) runs the AVX-512 instructions x264 would use (F, CD, BW, DQ, VL),
+    as numpy's own CPU dispatch detected them."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__
+    return bool(__cpu_features__.get("AVX512_SKX"))
+
+
+def x264_options(crf: int, preset: str) -> dict[str, str]:
+    """libx264 options under which the same frames give the same bytes on the same machine."""
+    options = {"crf": str(int(crf)), "preset": preset, "threads": str(X264_THREADS)}
+    if cpu_has_avx512():
+        # With its AVX-512 code, x264 (core 165) turned the same frames into a different file on
+        # almost every run whenever the width was not a multiple of 256 pixels (B-frames with
+        # macroblock-tree rate control, its defaults). Its AVX2 code repeats itself, and gives the
+        # same bytes as the AVX-512 code at the widths where that one repeats.
+        options["x264-params"] = "asm=AVX2"
+    return options
+
+
 class VideoWriter:
     """Streams uint8 RGB frames into an H.264 (libx264, yuv420p) mp4 at exactly `fps`, with an
     optional mono soundtrack muxed as AAC and cut to the video's duration.
@@ -187,7 +214,7 @@ class VideoWriter:
         self.path = check_output_path(path)
         self.rate = video_rate(fps)
         self._audio = _checked_audio(audio)
-        self._options = {"crf": str(int(crf)), "preset": preset}
+        self._options = x264_options(crf, preset)
         self._temp: Path | None = None
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
@@ -284,10 +311,8 @@ class VideoWriter:
             raise ValueError(
                 f"H.264 yuv420p needs an even width and height, got {width}x{height}; crop or pad the frames"
             )
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
-        os.close(handle)
-        self._temp = Path(name)
-        self._container = av.open(name, mode="w", format="mp4")
+        self._temp = new_part_file(self.path)
+        self._container = av.open(str(self._temp), mode="w", format="mp4")
         self._video = self._container.add_stream("libx264", rate=self.rate, options=self._options)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         if self._audio is not None:
@@ -308,6 +333,18 @@ class VideoWriter:
 
     def _mux(self, packets: list[av.Packet]) -> None:
         self._container.mux(packets)
+
+
+def new_part_file(path: Path) -> Path:
+    """A new empty file beside `path` for writing it under a temporary name, created with the
+    permissions of any new file (0666 less the umask; `tempfile.mkstemp` would give 0600)."""
+    while True:
+        candidate = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.part.mp4")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
 
 
 def _checked_audio(audio: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int] | None:
@@ -374,6 +411,8 @@ def video_fps_and_length(path: str | Path) -> tuple[float, int | None]:
     import av
 
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate:

@@ -58,6 +58,17 @@ def check_framing_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--face-margin must be between 0 and 3, got {args.face_margin}")
 
 
+def check_reference_frame(reference_frame: int | None, video: str) -> None:
+    """--reference-frame within the video's frames, when the video says how many it has (reading
+    its header also checks that it is a readable video)."""
+    from ..video import video_fps_and_length
+
+    _, length = video_fps_and_length(video)
+    if reference_frame is not None and not 0 <= reference_frame < (length or reference_frame + 1):
+        raise ValueError(f"reference frame {reference_frame} is out of range: video {video} has {length} frames "
+                         "(--reference-frame counts from 0)")
+
+
 def crop_plan_path(args: argparse.Namespace, out: Path) -> Path | None:
     if args.save_crop_plan is None:
         return None
@@ -70,25 +81,37 @@ def run_full_frame(args: argparse.Namespace) -> Path:
 
     from .. import cli_common as cli
     from ..audio import SAMPLE_RATE, load_audio
-    from ..checkpoint import load_models
+    from ..checkpoint import checked_model_folder, load_models
     from ..detectors import make_detector
     from ..dtypes import resolved_dtype
     from ..offload import placed
     from ..orchestration import driving_track, reference_phase, speech_phase, track_phase
-    from ..video import check_output_path
+    from ..video import check_output_path, video_fps_and_length
     from .modes import frame_photo, frame_video, full_frame_video_phase
 
+    # Everything that can be checked cheaply is, before any detection, decoding or model loading.
     check_framing_args(args)
     settings = cli.settings_from(args)
+    cli.check_track_options(args)
     out = check_output_path(args.out)
     plan_path = crop_plan_path(args, out)
+    if plan_path is not None:
+        check_output_path(plan_path)
+    checked_model_folder(args.models, args.weights)
+    device = cli.checked_device(args.device)
     paste = PasteSettings(feather=args.feather, colour_match=args.color_match)
     margin = DEFAULT_MARGIN if args.face_margin is None else args.face_margin
-    detector = make_detector(args.detector, args.models)
     width, height = settings.width, settings.height
-    waveform = load_audio(args.audio)
     if args.dub:
-        photo = cli.read_image(args.reference) if args.reference else None
+        check_reference_frame(args.reference_frame, args.dub)
+    if args.driving_video:
+        video_fps_and_length(args.driving_video)
+    driving = driving_track(args.kps, args.kps_fps) if args.kps else None
+    photo = cli.read_image(args.reference) if args.reference else None
+    waveform = load_audio(args.audio)
+
+    detector = make_detector(args.detector, args.models)
+    if args.dub:
         with tqdm(desc="finding faces", unit="frame") as bar:
             def progress(done: int, total: int | None) -> None:
                 bar.total = total
@@ -97,11 +120,10 @@ def run_full_frame(args: argparse.Namespace) -> Path:
             framing = frame_video(args.dub, detector, width, height, margin, args.face_index,
                                   args.reference_frame, photo, progress, len(waveform) / SAMPLE_RATE)
         settings = replace(settings, fps=args.fps or framing.plan.fps)
-        driving = None
     else:
-        framing = frame_photo(cli.read_image(args.reference), detector, width, height, margin, args.face_index)
-        driving = driving_track(args.kps, args.kps_fps, args.driving_video, detector, args.face_index)
-    device = args.device or cli.default_device()
+        framing = frame_photo(photo, detector, width, height, margin, args.face_index)
+        if args.driving_video:
+            driving = driving_track(driving_video=args.driving_video, detector=detector, face_index=args.face_index)
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
