@@ -1,0 +1,70 @@
+"""The CUDA-only paths, run on the CPU (issue 23): ComfyUI's memory management, several GPUs,
+CUDA's attention limits, memory-aware decoding, fp16, --novram, training under DeepSpeed.
+
+No GPU is needed: `cuda_on_cpu.cuda_on_the_cpu` plays a CUDA device with the CPU, `fake_comfyui`
+plays ComfyUI's model management, gloo processes play several GPUs (a "cuda:gloo" process group
+rejects host tensors as NCCL does), and the meta device gives shapes at sizes no test could run.
+Each test is numbered by the issue's item it checks.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
+from vexpress_core.models import processor
+from vexpress_core.sampling import Conditions, GuidedDenoiser, context_windows
+from vexpress_core.tiny import unet_config_for
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Attention batches under CUDA's 65,535 grid limit
+
+CUDA_BATCH_LIMIT = 65535  # the grid dimension CUDA's attention kernels put the batch on
+
+
+def attention_batches(monkeypatch) -> list[int]:
+    """Records the batch size of every scaled_dot_product_attention call."""
+    batches = []
+    original = F.scaled_dot_product_attention
+
+    def recording(query, key, value, *args, **kwargs):
+        batches.append(query.shape[0])
+        return original(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    return batches
+
+
+@pytest.mark.parametrize("size, window_batch", [(512, 8), (1024, 16)])
+def test_04_every_attention_batch_stays_under_cudas_limit_at_the_widget_limits(monkeypatch, size, window_batch):
+    """The SD1.5-size UNet on the meta device, a CFG batch of `window_batch` windows at `size` pixels:
+    512 x 8 windows is the smallest case over the limit, 1024 x 16 the widgets' largest. The motion
+    modules' batch is 2 x windows x (H/8) x (W/8) whatever the frame count, so one frame per window
+    keeps the meta run short (the spatial attentions' batch, 2 x windows x frames, is at most 1,024)."""
+    config = unet_config_for(sd15=True)
+    latent = size // 8
+    with torch.device("meta"):
+        unet, reference_net = VExpressUNet.from_unet2d_config(config).half(), build_reference_net(config).half()
+        features = reference_features(reference_net, torch.zeros(1, 4, latent, latent, dtype=torch.float16))
+        conditions = Conditions(features, lambda start, stop: torch.zeros(stop - start, 10, config["cross_attention_dim"]),
+                                lambda start, stop: torch.zeros(1, config["block_out_channels"][0], stop - start, latent, latent))
+        latents = torch.zeros(1, 4, window_batch, latent, latent)
+        batches = attention_batches(monkeypatch)
+        with torch.no_grad():
+            prediction = GuidedDenoiser(unet, conditions, 3.5, 0.95, 3.0, cache_reference_kv=True)(
+                latents, 999, context_windows(window_batch, 1, 0))
+    assert prediction.shape == (window_batch, 4, 1, latent, latent)
+    assert 2 * window_batch * latent * latent > CUDA_BATCH_LIMIT  # the case needs splitting
+    assert max(batches) <= CUDA_BATCH_LIMIT
+
+
+def test_04_attention_split_over_the_batch_gives_the_values_of_one_call(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(10, 2, 5, 8, generator=generator) for _ in range(3))
+    whole = F.scaled_dot_product_attention(query, key, value)
+    monkeypatch.setattr(processor, "MAX_ATTENTION_BATCH", 3)
+    batches = attention_batches(monkeypatch)
+    assert torch.equal(processor.attention_in_batch_chunks(query, key, value), whole)
+    assert batches == [3, 3, 3, 1]
