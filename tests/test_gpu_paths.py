@@ -8,10 +8,13 @@ Each test is numbered by the issue's item it checks.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from vexpress_core.audio import encode_audio, load_audio_encoder, normalised_input, synthetic_speech
 from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
 from vexpress_core.models import processor
 from vexpress_core.sampling import Conditions, GuidedDenoiser, context_windows
@@ -68,3 +71,30 @@ def test_04_attention_split_over_the_batch_gives_the_values_of_one_call(monkeypa
     batches = attention_batches(monkeypatch)
     assert torch.equal(processor.attention_in_batch_chunks(query, key, value), whole)
     assert batches == [3, 3, 3, 1]
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Long speech through an fp16 wav2vec2
+
+
+def loud_first_conv_encoder(model_dir, waveform, std: float = 400.0):
+    """The tiny wav2vec2 with its first conv scaled so its outputs over `waveform` have standard
+    deviation `std`: variances past fp16's largest value (65,504), as wav2vec2-base's can be."""
+    extractor, encoder = load_audio_encoder(model_dir)
+    conv = encoder.feature_extractor.conv_layers[0].conv
+    with torch.no_grad():
+        conv.weight.mul_(std / conv(normalised_input(waveform, extractor)[None, None]).std())
+    return extractor, encoder
+
+
+def test_06_fp16_encoder_with_chunks_matches_fp32(tiny_model_dir):
+    """Chunks of 1 s, so the first GroupNorm takes the clip-wide statistics (the hook)."""
+    waveform = synthetic_speech(3.0)
+    extractor, encoder = loud_first_conv_encoder(tiny_model_dir, waveform)
+    assert encoder.config.feat_extract_norm == "group"
+    encoded = {dtype: encode_audio(waveform, extractor, copy.deepcopy(encoder).to(dtype), chunk_seconds=1.0,
+                                   overlap_seconds=0.25) for dtype in (torch.float32, torch.float16)}
+    half, full = encoded[torch.float16], encoded[torch.float32]
+    assert torch.isfinite(half).all()
+    # fp16 rounding alone: the single-pass fp16 encoding differs from fp32 by about 0.01 here.
+    assert (half - full).abs().max().item() < 0.05
