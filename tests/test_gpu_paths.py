@@ -14,11 +14,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tiny_case
 from vexpress_core.audio import encode_audio, load_audio_encoder, normalised_input, synthetic_speech
 from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
+from vexpress_core.checkpoint import load_models
 from vexpress_core.models import processor
+from vexpress_core.pipeline import denoise
+from vexpress_core.settings import GenerationSettings
 from vexpress_core.sampling import Conditions, GuidedDenoiser, context_windows
 from vexpress_core.tiny import unet_config_for
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SETTINGS = GenerationSettings(width=tiny_case.SIZE, height=tiny_case.SIZE, steps=2, context_frames=4, context_overlap=1)
+
+
+@pytest.fixture(scope="module")
+def job(tiny_model_dir):
+    """The tiny models and the fixed 64x64 case (9 frames: 3 windows of 4)."""
+    models = load_models(tiny_model_dir)
+    return (models, *tiny_case.make_case(models))
+
+
+def final_latents(job, **changes) -> torch.Tensor:
+    models, reference, speech, track = job
+    return denoise(models, reference, speech, track, GenerationSettings(SETTINGS.sampling, SETTINGS.windows,
+                                                                        SETTINGS.memory, **changes))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,3 +120,18 @@ def test_06_fp16_encoder_with_chunks_matches_fp32(tiny_model_dir):
     assert torch.isfinite(half).all()
     # fp16 rounding alone: the single-pass fp16 encoding differs from fp32 by about 0.01 here.
     assert (half - full).abs().max().item() < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. Smaller: torch.compile failing at compile() time
+
+
+def test_09_compile_failing_before_any_call_falls_back_to_eager(job, monkeypatch):
+    """torch.compile itself raises on some platforms and Pythons (not only when the first call compiles)."""
+    def unsupported(module, **_):
+        raise RuntimeError("torch.compile is not supported on this platform")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    with pytest.warns(UserWarning, match="running VExpressUNet eagerly: torch.compile is not supported"):
+        compiled = final_latents(job, compile=True)
+    assert torch.equal(compiled, final_latents(job))
