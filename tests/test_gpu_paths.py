@@ -9,15 +9,18 @@ Each test is numbered by the issue's item it checks.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import tiny_case
+from cuda_on_cpu import GPU, cuda_on_the_cpu
 from vexpress_core.audio import encode_audio, load_audio_encoder, normalised_input, synthetic_speech
 from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
 from vexpress_core.checkpoint import load_models
+from vexpress_core.frame_cache import FrameCache
 from vexpress_core.models import processor
 from vexpress_core.pipeline import denoise
 from vexpress_core.settings import GenerationSettings
@@ -37,8 +40,10 @@ def job(tiny_model_dir):
     return (models, *tiny_case.make_case(models))
 
 
-def final_latents(job, **changes) -> torch.Tensor:
+def final_latents(job, device: torch.device | None = None, **changes) -> torch.Tensor:
+    """The job's final latents with `changes` to SETTINGS; with `device`, the models say they run there."""
     models, reference, speech, track = job
+    models = dataclasses.replace(models, device=device) if device is not None else models
     return denoise(models, reference, speech, track, GenerationSettings(SETTINGS.sampling, SETTINGS.windows,
                                                                         SETTINGS.memory, **changes))
 
@@ -123,7 +128,38 @@ def test_06_fp16_encoder_with_chunks_matches_fp32(tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------------------------
-# 9. Smaller: torch.compile failing at compile() time
+# 9. Smaller: pinned host memory, torch.compile failing at compile() time, eta > 0 with host latents
+
+
+class ComputedOnTheGpu(torch.Tensor):
+    """Host values that report the GPU: what a V-Kps guider or audio projection on CUDA returns."""
+
+    @property
+    def device(self) -> torch.device:
+        return GPU
+
+
+def test_09_host_memory_is_never_pinned(job):
+    """Pinned copies were re-packed into pageable tensors before any transfer (window stacking,
+    `latents * init_noise_sigma`) and stayed locked in the CUDA host allocator for the process's life."""
+    def compute(start, stop):
+        return torch.arange(start, stop, dtype=torch.float32)[None].as_subclass(ComputedOnTheGpu)
+
+    with cuda_on_the_cpu() as cuda:
+        cache = FrameCache(compute, 20, frame_axis=1)
+        cache.fill()
+        assert torch.equal(cache(3, 18), torch.arange(3.0, 18.0)[None])
+        final_latents(job, GPU, latents_on_host=True, window_batch=1)
+    assert cuda.pinned == []
+
+
+def test_09_eta_noise_with_host_latents_and_models_on_the_gpu(job):
+    """The scheduler's noise comes from a host generator: a CUDA one cannot draw it for latents in
+    host memory (diffusers raises), and the seed now gives the same noise on every device."""
+    with cuda_on_the_cpu():
+        on_gpu = final_latents(job, GPU, latents_on_host=True, window_batch=1, eta=0.7)
+    assert torch.equal(on_gpu, final_latents(job, eta=0.7))
+    assert not torch.equal(on_gpu, final_latents(job))
 
 
 def test_09_compile_failing_before_any_call_falls_back_to_eager(job, monkeypatch):
