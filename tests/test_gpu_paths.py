@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers.models.modeling_utils import ModelMixin
 
 import tiny_case
 from cuda_on_cpu import GPU, cuda_on_the_cpu
@@ -22,7 +24,7 @@ from vexpress_core.models import VExpressUNet, build_reference_net, reference_fe
 from vexpress_core.checkpoint import load_models
 from vexpress_core.frame_cache import FrameCache
 from vexpress_core.models import processor
-from vexpress_core.pipeline import denoise
+from vexpress_core.pipeline import audio_token_source, denoise, kps_feature_source
 from vexpress_core.settings import GenerationSettings
 from vexpress_core.sampling import Conditions, GuidedDenoiser, context_windows
 from vexpress_core.tiny import unet_config_for
@@ -125,6 +127,42 @@ def test_06_fp16_encoder_with_chunks_matches_fp32(tiny_model_dir):
     assert torch.isfinite(half).all()
     # fp16 rounding alone: the single-pass fp16 encoding differs from fp32 by about 0.01 here.
     assert (half - full).abs().max().item() < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. Training: gradient checkpointing with diffusers 0.30's API
+
+
+def enable_gradient_checkpointing_in_diffusers_030(self) -> None:
+    """ModelMixin.enable_gradient_checkpointing as diffusers 0.30 (the requirements' floor) has it;
+    0.30's ModelMixin itself has no `_set_gradient_checkpointing`, only its own models define one."""
+    if not self._supports_gradient_checkpointing:
+        raise ValueError(f"{self.__class__.__name__} does not support gradient checkpointing.")
+    self.apply(functools.partial(self._set_gradient_checkpointing, value=True))
+
+
+def unet_gradients(job, unet) -> list[torch.Tensor]:
+    models, reference, speech, track = job
+    conditions = Conditions(reference.features, audio_token_source(models, speech, 2),
+                            kps_feature_source(models, track, tiny_case.SIZE, tiny_case.SIZE))
+    latents = torch.randn(1, 4, speech.num_frames, 8, 8, generator=torch.Generator().manual_seed(1))
+    GuidedDenoiser(unet, conditions, guidance_scale=1.0)(latents, torch.tensor(500), [list(range(4))]).square().mean().backward()
+    return [parameter.grad for parameter in unet.parameters()]
+
+
+def test_08_gradient_checkpointing_with_diffusers_030(job, monkeypatch):
+    monkeypatch.setattr(ModelMixin, "enable_gradient_checkpointing", enable_gradient_checkpointing_in_diffusers_030)
+    monkeypatch.delattr(ModelMixin, "_set_gradient_checkpointing", raising=False)
+    plain, checkpointed = (copy.deepcopy(job[0].denoising_unet).train().requires_grad_(True) for _ in range(2))
+    checkpointed.enable_gradient_checkpointing()
+    assert checkpointed.is_gradient_checkpointing
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    expected = unet_gradients(job, plain)
+    assert not calls
+    assert all(torch.equal(a, b) for a, b in zip(unet_gradients(job, checkpointed), expected))
+    assert calls  # every resnet, spatial transformer and motion module recomputed in the backward pass
 
 
 # ------------------------------------------------------------------------------------------------
