@@ -11,23 +11,29 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import sys
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from diffusers.models.modeling_utils import ModelMixin
 
 import tiny_case
 from cuda_on_cpu import GPU, cuda_on_the_cpu
 from vexpress_core.audio import encode_audio, load_audio_encoder, normalised_input, synthetic_speech
 from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
-from vexpress_core.checkpoint import load_models
+from vexpress_core.checkpoint import WEIGHT_NAMES, load_models, read_state_dict, weight_file
 from vexpress_core.frame_cache import FrameCache
 from vexpress_core.models import processor
 from vexpress_core.pipeline import audio_token_source, denoise, kps_feature_source
 from vexpress_core.settings import GenerationSettings
 from vexpress_core.sampling import Conditions, GuidedDenoiser, context_windows
 from vexpress_core.tiny import unet_config_for
+from vexpress_training import train
+from vexpress_training.initialise import checkpoint_networks
+from vexpress_training.stages import apply_stage
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -130,7 +136,61 @@ def test_06_fp16_encoder_with_chunks_matches_fp32(tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------------------------
-# 8. Training: gradient checkpointing with diffusers 0.30's API
+# 8. Training: checkpoints under DeepSpeed fp16, gradient checkpointing with diffusers 0.30's API
+
+
+class DeepSpeedFp16Accelerator:
+    """What the weight hooks use of accelerate's Accelerator under DeepSpeed with fp16, one process."""
+
+    distributed_type = DistributedType.DEEPSPEED
+    mixed_precision = "fp16"
+    is_main_process = True
+
+    def __init__(self):
+        self.save_hooks, self.load_hooks = [], []
+
+    def register_save_state_pre_hook(self, hook):
+        self.save_hooks.append(hook)
+
+    def register_load_state_pre_hook(self, hook):
+        self.load_hooks.append(hook)
+
+    def unwrap_model(self, model):
+        return model
+
+
+def deepspeed_engine(monkeypatch, net) -> None:
+    """What DeepSpeed's engine does to `net`: float32 masters of the trained parameters in its
+    optimizer (`deepspeed.utils.safe_get_full_fp32_param`, None for the others), the model cast to fp16."""
+    masters = {id(parameter): parameter.detach().clone() for parameter in net.parameters() if parameter.requires_grad}
+    utils = types.ModuleType("deepspeed.utils")
+    utils.safe_get_full_fp32_param = lambda parameter: masters.get(id(parameter))
+    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(utils=utils))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", utils)
+    net.half()
+
+
+def test_08_deepspeed_fp16_checkpoints_hold_the_float32_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """Stage 2 trains some networks and freezes others: the trained ones are saved from their
+    masters, the frozen ones as they were before the engine cast them, not as fp16 rounds them."""
+    net = checkpoint_networks(tiny_model_dir, tiny_model_dir / "v-express").float().train()
+    apply_stage(net, 2, zero_outputs=False)
+    expected = {key: value.clone() for key, value in net.state_dict().items()}
+    assert any(not torch.equal(value.half().float(), value) for value in expected.values())
+    accelerator = DeepSpeedFp16Accelerator()
+    train.register_weight_hooks(accelerator, net)  # before accelerator.prepare, as train.main does
+    deepspeed_engine(monkeypatch, net)
+    (save_hook,) = accelerator.save_hooks
+    save_hook([net], [], str(tmp_path))
+    saved = {name: read_state_dict(weight_file(tmp_path, name)) for name in WEIGHT_NAMES}
+    saved["denoising_unet"].update(saved.pop("motion_module"))
+    for key, value in expected.items():
+        network, _, inner = key.partition(".")
+        assert torch.equal(saved[network][inner], value), key
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradient checkpointing with diffusers 0.30's API
 
 
 def enable_gradient_checkpointing_in_diffusers_030(self) -> None:
