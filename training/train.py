@@ -34,7 +34,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, read_config, read_state_dict, save_weights, split_weights, weight_file
+from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, read_config, read_state_dict, save_weights, split_states, weight_file
 from vexpress_core.dtypes import DTYPES
 
 from .clipdata import DataError
@@ -145,13 +145,56 @@ def load_weights(net: VExpressNet, folder: Path) -> None:
         module.load_state_dict(states[name], strict=True)
 
 
-def register_weight_hooks(accelerator: Accelerator) -> None:
+def deepspeed_half_precision(accelerator: Accelerator) -> bool:
+    """DeepSpeed runs the whole model in fp16/bf16 and keeps float32 masters of the trained parameters only."""
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.mixed_precision in ("fp16", "bf16")
+
+
+def frozen_weights(accelerator: Accelerator, net: VExpressNet) -> dict[str, torch.Tensor]:
+    """The main process's full-precision values of what DeepSpeed will cast and not train (frozen
+    parameters, buffers), taken before `accelerator.prepare`; empty when nothing is cast. The engine
+    replaces the model's tensors with cast copies, so these are the original tensors, not copies."""
+    if not (deepspeed_half_precision(accelerator) and accelerator.is_main_process):
+        return {}
+    trained = {name for name, parameter in net.named_parameters() if parameter.requires_grad}
+    return {name: tensor.detach() for name, tensor in net.state_dict().items() if name not in trained}
+
+
+def full_precision_state(accelerator: Accelerator, net: VExpressNet, frozen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict checkpoints hold. Under DeepSpeed fp16/bf16: the trained parameters' float32
+    masters (gathered from every process, so every process calls this; kept by the main process) and
+    the `frozen_weights`, not the engine's rounded copies, which the next stage's --init would inherit."""
+    if not deepspeed_half_precision(accelerator):
+        return net.state_dict()
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {}
+    for name, parameter in net.named_parameters():
+        if parameter.requires_grad:
+            master = safe_get_full_fp32_param(parameter)
+            if accelerator.is_main_process:
+                masters[name] = master.cpu()
+    return {**net.state_dict(), **frozen, **masters}
+
+
+def network_states(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """A VExpressNet state dict split per network: {"reference_net": {...}, "denoising_unet": {...}, ...}."""
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        network, _, inner = key.partition(".")
+        states.setdefault(network, {})[inner] = value
+    return states
+
+
+def register_weight_hooks(accelerator: Accelerator, net: VExpressNet) -> None:
     """Make accelerate's save_state/load_state write and read the five published weight files
-    (float32) instead of its own model file."""
+    (float32) instead of its own model file. Called before `accelerator.prepare(net)`."""
+    frozen = frozen_weights(accelerator, net)
 
     def save_hook(models, weights, output_dir):
+        state = full_precision_state(accelerator, accelerator.unwrap_model(models[0]), frozen)
         if accelerator.is_main_process:
-            save_weights(split_weights(accelerator.unwrap_model(models[0]).networks()), output_dir, dtype=torch.float32)
+            save_weights(split_states(network_states(state)), output_dir, dtype=torch.float32)
         if weights:
             weights.pop()
 
@@ -261,8 +304,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
         num_training_steps=config.max_train_steps * accelerator.num_processes,
     )
     configure_deepspeed(accelerator, config)
+    register_weight_hooks(accelerator, net)
     net, optimizer, lr_scheduler = accelerator.prepare(net, optimizer, lr_scheduler)
-    register_weight_hooks(accelerator)
 
     global_step = resume_step
     if resume_dir is not None:

@@ -244,9 +244,13 @@ def _clip_wide_first_norm(encoder: Wav2Vec2Model, values: torch.Tensor, enabled:
     mean, var = _first_conv_statistics(encoder, values)
 
     def normalised_with_clip_statistics(norm: torch.nn.GroupNorm, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        # At least in float32, as GroupNorm itself computes: wav2vec2-base's first conv outputs have
+        # variances past fp16's largest value (65,504), which would make every chunk's features wrong.
         x = inputs[0]
-        scale = torch.rsqrt(var.to(x) + norm.eps) * norm.weight
-        return (x - mean.to(x)[:, None]) * scale[:, None] + norm.bias[:, None]
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        scale = torch.rsqrt(var.to(x.device, dtype) + norm.eps) * norm.weight.to(dtype)
+        normed = (x.to(dtype) - mean.to(x.device, dtype)[:, None]) * scale[:, None] + norm.bias.to(dtype)[:, None]
+        return normed.to(x.dtype)
 
     handle = encoder.feature_extractor.conv_layers[0].layer_norm.register_forward_hook(normalised_with_clip_statistics)
     try:

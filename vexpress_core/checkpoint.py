@@ -504,13 +504,19 @@ def check_hidden_size(config: Mapping, config_path: Path, shapes: Mapping[str, t
 
 def split_weights(networks: Mapping[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
     """The five published files' state dicts from the four networks (motion keys in their own file)."""
-    unet_state = networks["denoising_unet"].state_dict()
+    return split_states({name: networks[name].state_dict()
+                         for name in ("reference_net", "denoising_unet", "v_kps_guider", "audio_projection")})
+
+
+def split_states(states: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """The five published files' state dicts from the four networks' state dicts."""
+    unet_state = states["denoising_unet"]
     return {
-        "reference_net": networks["reference_net"].state_dict(),
+        "reference_net": dict(states["reference_net"]),
         "denoising_unet": {k: v for k, v in unet_state.items() if MOTION_KEY not in k},
         "motion_module": {k: v for k, v in unet_state.items() if MOTION_KEY in k},
-        "v_kps_guider": networks["v_kps_guider"].state_dict(),
-        "audio_projection": networks["audio_projection"].state_dict(),
+        "v_kps_guider": dict(states["v_kps_guider"]),
+        "audio_projection": dict(states["audio_projection"]),
     }
 
 

@@ -52,8 +52,6 @@ class FrameCache:
         size = values.numel() * values.element_size()
         if self.kept_bytes + size <= self.budget_bytes:
             stored = values.to(self.store)
-            if self.store.type == "cpu" and values.device.type == "cuda":
-                stored = stored.pin_memory()
             self.kept[index] = stored
             self.kept_bytes += size
             return stored

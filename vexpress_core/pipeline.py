@@ -240,11 +240,11 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     unet = CompiledWithFallback(models.denoising_unet) if settings.compile else models.denoising_unet
     denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
                               settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
-    generator = torch.Generator(device=models.device).manual_seed(settings.seed)
+    # A host generator, as published: the noise a scheduler adds (eta > 0) is then the seed's wherever
+    # the latents are, and diffusers draws it for latents in host memory too (a CUDA generator cannot).
+    generator = torch.Generator().manual_seed(settings.seed)
     latents = latents.to(accumulation_dtype(models.denoising_unet.dtype))
-    if settings.latents_on_host:
-        latents = latents.pin_memory() if models.device.type == "cuda" else latents
-    else:
+    if not settings.latents_on_host:
         latents = latents.to(models.device)
     return sample(
         denoiser, latents, make_scheduler(settings.scheduler), settings.steps,

@@ -111,11 +111,18 @@ class Conditions:
 
 class CompiledWithFallback:
     """A `torch.compile`d network that runs eagerly instead when compilation fails (no compiler,
-    an unsupported backend or op). Attribute access goes to the wrapped network."""
+    an unsupported platform, Python, backend or op). Attribute access goes to the wrapped network."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
-        self._call = torch.compile(module)
+        try:
+            self._call = torch.compile(module)
+        except Exception as error:  # raised by compile() itself, e.g. on a platform or Python it does not support
+            self._call = self._eager(error)
+
+    def _eager(self, error: Exception) -> torch.nn.Module:
+        warnings.warn(f"torch.compile failed, running {type(self.module).__name__} eagerly: {error}", stacklevel=3)
+        return self.module
 
     def __call__(self, *args, **kwargs):
         try:
@@ -123,8 +130,7 @@ class CompiledWithFallback:
         except torch._dynamo.exc.TorchDynamoException as error:
             if self._call is self.module:
                 raise
-            warnings.warn(f"torch.compile failed, running {type(self.module).__name__} eagerly: {error}", stacklevel=2)
-            self._call = self.module
+            self._call = self._eager(error)
             return self.module(*args, **kwargs)
 
     def __getattr__(self, name: str):

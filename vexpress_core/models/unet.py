@@ -167,6 +167,15 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         kwargs.update(overrides)
         return cls(**kwargs)
 
+    # The UNet checkpoints its layers itself (`_run`), so it needs none of diffusers' checkpointing
+    # internals, which differ between the versions the requirements allow (0.30 has no ModelMixin
+    # `_set_gradient_checkpointing`; later versions pass a checkpointing function instead).
+    def enable_gradient_checkpointing(self) -> None:
+        self.gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.gradient_checkpointing = False
+
     def _run(self, module: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)

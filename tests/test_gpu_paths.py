@@ -1,0 +1,271 @@
+"""The CUDA-only paths, run on the CPU (issue 23): ComfyUI's memory management, several GPUs,
+CUDA's attention limits, memory-aware decoding, fp16, --novram, training under DeepSpeed.
+
+No GPU is needed: `cuda_on_cpu.cuda_on_the_cpu` plays a CUDA device with the CPU, `fake_comfyui`
+plays ComfyUI's model management, gloo processes play several GPUs (a "cuda:gloo" process group
+rejects host tensors as NCCL does), and the meta device gives shapes at sizes no test could run.
+Each test is numbered by the issue's item it checks.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate.utils import DistributedType
+from diffusers.models.modeling_utils import ModelMixin
+
+import tiny_case
+from cuda_on_cpu import GPU, cuda_on_the_cpu
+from vexpress_core.audio import encode_audio, load_audio_encoder, normalised_input, synthetic_speech
+from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
+from vexpress_core.checkpoint import WEIGHT_NAMES, load_models, read_state_dict, weight_file
+from vexpress_core.frame_cache import FrameCache
+from vexpress_core.models import processor
+from vexpress_core.pipeline import audio_token_source, denoise, kps_feature_source
+from vexpress_core.settings import GenerationSettings
+from vexpress_core.sampling import Conditions, GuidedDenoiser, context_windows
+from vexpress_core.tiny import unet_config_for
+from vexpress_training import train
+from vexpress_training.initialise import checkpoint_networks
+from vexpress_training.stages import apply_stage
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SETTINGS = GenerationSettings(width=tiny_case.SIZE, height=tiny_case.SIZE, steps=2, context_frames=4, context_overlap=1)
+
+
+@pytest.fixture(scope="module")
+def job(tiny_model_dir):
+    """The tiny models and the fixed 64x64 case (9 frames: 3 windows of 4)."""
+    models = load_models(tiny_model_dir)
+    return (models, *tiny_case.make_case(models))
+
+
+def final_latents(job, device: torch.device | None = None, **changes) -> torch.Tensor:
+    """The job's final latents with `changes` to SETTINGS; with `device`, the models say they run there."""
+    models, reference, speech, track = job
+    models = dataclasses.replace(models, device=device) if device is not None else models
+    return denoise(models, reference, speech, track, GenerationSettings(SETTINGS.sampling, SETTINGS.windows,
+                                                                        SETTINGS.memory, **changes))
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Attention batches under CUDA's 65,535 grid limit
+
+CUDA_BATCH_LIMIT = 65535  # the grid dimension CUDA's attention kernels put the batch on
+
+
+def attention_batches(monkeypatch) -> list[int]:
+    """Records the batch size of every scaled_dot_product_attention call."""
+    batches = []
+    original = F.scaled_dot_product_attention
+
+    def recording(query, key, value, *args, **kwargs):
+        batches.append(query.shape[0])
+        return original(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    return batches
+
+
+@pytest.mark.parametrize("size, window_batch", [(512, 8), (1024, 16)])
+def test_04_every_attention_batch_stays_under_cudas_limit_at_the_widget_limits(monkeypatch, size, window_batch):
+    """The SD1.5-size UNet on the meta device, a CFG batch of `window_batch` windows at `size` pixels:
+    512 x 8 windows is the smallest case over the limit, 1024 x 16 the widgets' largest. The motion
+    modules' batch is 2 x windows x (H/8) x (W/8) whatever the frame count, so one frame per window
+    keeps the meta run short (the spatial attentions' batch, 2 x windows x frames, is at most 1,024)."""
+    config = unet_config_for(sd15=True)
+    latent = size // 8
+    with torch.device("meta"):
+        unet, reference_net = VExpressUNet.from_unet2d_config(config).half(), build_reference_net(config).half()
+        features = reference_features(reference_net, torch.zeros(1, 4, latent, latent, dtype=torch.float16))
+        conditions = Conditions(features, lambda start, stop: torch.zeros(stop - start, 10, config["cross_attention_dim"]),
+                                lambda start, stop: torch.zeros(1, config["block_out_channels"][0], stop - start, latent, latent))
+        latents = torch.zeros(1, 4, window_batch, latent, latent)
+        batches = attention_batches(monkeypatch)
+        with torch.no_grad():
+            prediction = GuidedDenoiser(unet, conditions, 3.5, 0.95, 3.0, cache_reference_kv=True)(
+                latents, 999, context_windows(window_batch, 1, 0))
+    assert prediction.shape == (window_batch, 4, 1, latent, latent)
+    assert 2 * window_batch * latent * latent > CUDA_BATCH_LIMIT  # the case needs splitting
+    assert max(batches) <= CUDA_BATCH_LIMIT
+
+
+def test_04_attention_split_over_the_batch_gives_the_values_of_one_call(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(10, 2, 5, 8, generator=generator) for _ in range(3))
+    whole = F.scaled_dot_product_attention(query, key, value)
+    monkeypatch.setattr(processor, "MAX_ATTENTION_BATCH", 3)
+    batches = attention_batches(monkeypatch)
+    assert torch.equal(processor.attention_in_batch_chunks(query, key, value), whole)
+    assert batches == [3, 3, 3, 1]
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Long speech through an fp16 wav2vec2
+
+
+def loud_first_conv_encoder(model_dir, waveform, std: float = 400.0):
+    """The tiny wav2vec2 with its first conv scaled so its outputs over `waveform` have standard
+    deviation `std`: variances past fp16's largest value (65,504), as wav2vec2-base's can be."""
+    extractor, encoder = load_audio_encoder(model_dir)
+    conv = encoder.feature_extractor.conv_layers[0].conv
+    with torch.no_grad():
+        conv.weight.mul_(std / conv(normalised_input(waveform, extractor)[None, None]).std())
+    return extractor, encoder
+
+
+def test_06_fp16_encoder_with_chunks_matches_fp32(tiny_model_dir):
+    """Chunks of 1 s, so the first GroupNorm takes the clip-wide statistics (the hook)."""
+    waveform = synthetic_speech(3.0)
+    extractor, encoder = loud_first_conv_encoder(tiny_model_dir, waveform)
+    assert encoder.config.feat_extract_norm == "group"
+    encoded = {dtype: encode_audio(waveform, extractor, copy.deepcopy(encoder).to(dtype), chunk_seconds=1.0,
+                                   overlap_seconds=0.25) for dtype in (torch.float32, torch.float16)}
+    half, full = encoded[torch.float16], encoded[torch.float32]
+    assert torch.isfinite(half).all()
+    # fp16 rounding alone: the single-pass fp16 encoding differs from fp32 by about 0.01 here.
+    assert (half - full).abs().max().item() < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. Training: checkpoints under DeepSpeed fp16, gradient checkpointing with diffusers 0.30's API
+
+
+class DeepSpeedFp16Accelerator:
+    """What the weight hooks use of accelerate's Accelerator under DeepSpeed with fp16, one process."""
+
+    distributed_type = DistributedType.DEEPSPEED
+    mixed_precision = "fp16"
+    is_main_process = True
+
+    def __init__(self):
+        self.save_hooks, self.load_hooks = [], []
+
+    def register_save_state_pre_hook(self, hook):
+        self.save_hooks.append(hook)
+
+    def register_load_state_pre_hook(self, hook):
+        self.load_hooks.append(hook)
+
+    def unwrap_model(self, model):
+        return model
+
+
+def deepspeed_engine(monkeypatch, net) -> None:
+    """What DeepSpeed's engine does to `net`: float32 masters of the trained parameters in its
+    optimizer (`deepspeed.utils.safe_get_full_fp32_param`, None for the others), the model cast to fp16."""
+    masters = {id(parameter): parameter.detach().clone() for parameter in net.parameters() if parameter.requires_grad}
+    utils = types.ModuleType("deepspeed.utils")
+    utils.safe_get_full_fp32_param = lambda parameter: masters.get(id(parameter))
+    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(utils=utils))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", utils)
+    net.half()
+
+
+def test_08_deepspeed_fp16_checkpoints_hold_the_float32_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """Stage 2 trains some networks and freezes others: the trained ones are saved from their
+    masters, the frozen ones as they were before the engine cast them, not as fp16 rounds them."""
+    net = checkpoint_networks(tiny_model_dir, tiny_model_dir / "v-express").float().train()
+    apply_stage(net, 2, zero_outputs=False)
+    expected = {key: value.clone() for key, value in net.state_dict().items()}
+    assert any(not torch.equal(value.half().float(), value) for value in expected.values())
+    accelerator = DeepSpeedFp16Accelerator()
+    train.register_weight_hooks(accelerator, net)  # before accelerator.prepare, as train.main does
+    deepspeed_engine(monkeypatch, net)
+    (save_hook,) = accelerator.save_hooks
+    save_hook([net], [], str(tmp_path))
+    saved = {name: read_state_dict(weight_file(tmp_path, name)) for name in WEIGHT_NAMES}
+    saved["denoising_unet"].update(saved.pop("motion_module"))
+    for key, value in expected.items():
+        network, _, inner = key.partition(".")
+        assert torch.equal(saved[network][inner], value), key
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradient checkpointing with diffusers 0.30's API
+
+
+def enable_gradient_checkpointing_in_diffusers_030(self) -> None:
+    """ModelMixin.enable_gradient_checkpointing as diffusers 0.30 (the requirements' floor) has it;
+    0.30's ModelMixin itself has no `_set_gradient_checkpointing`, only its own models define one."""
+    if not self._supports_gradient_checkpointing:
+        raise ValueError(f"{self.__class__.__name__} does not support gradient checkpointing.")
+    self.apply(functools.partial(self._set_gradient_checkpointing, value=True))
+
+
+def unet_gradients(job, unet) -> list[torch.Tensor]:
+    models, reference, speech, track = job
+    conditions = Conditions(reference.features, audio_token_source(models, speech, 2),
+                            kps_feature_source(models, track, tiny_case.SIZE, tiny_case.SIZE))
+    latents = torch.randn(1, 4, speech.num_frames, 8, 8, generator=torch.Generator().manual_seed(1))
+    GuidedDenoiser(unet, conditions, guidance_scale=1.0)(latents, torch.tensor(500), [list(range(4))]).square().mean().backward()
+    return [parameter.grad for parameter in unet.parameters()]
+
+
+def test_08_gradient_checkpointing_with_diffusers_030(job, monkeypatch):
+    monkeypatch.setattr(ModelMixin, "enable_gradient_checkpointing", enable_gradient_checkpointing_in_diffusers_030)
+    monkeypatch.delattr(ModelMixin, "_set_gradient_checkpointing", raising=False)
+    plain, checkpointed = (copy.deepcopy(job[0].denoising_unet).train().requires_grad_(True) for _ in range(2))
+    checkpointed.enable_gradient_checkpointing()
+    assert checkpointed.is_gradient_checkpointing
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    expected = unet_gradients(job, plain)
+    assert not calls
+    assert all(torch.equal(a, b) for a, b in zip(unet_gradients(job, checkpointed), expected))
+    assert calls  # every resnet, spatial transformer and motion module recomputed in the backward pass
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. Smaller: pinned host memory, torch.compile failing at compile() time, eta > 0 with host latents
+
+
+class ComputedOnTheGpu(torch.Tensor):
+    """Host values that report the GPU: what a V-Kps guider or audio projection on CUDA returns."""
+
+    @property
+    def device(self) -> torch.device:
+        return GPU
+
+
+def test_09_host_memory_is_never_pinned(job):
+    """Pinned copies were re-packed into pageable tensors before any transfer (window stacking,
+    `latents * init_noise_sigma`) and stayed locked in the CUDA host allocator for the process's life."""
+    def compute(start, stop):
+        return torch.arange(start, stop, dtype=torch.float32)[None].as_subclass(ComputedOnTheGpu)
+
+    with cuda_on_the_cpu() as cuda:
+        cache = FrameCache(compute, 20, frame_axis=1)
+        cache.fill()
+        assert torch.equal(cache(3, 18), torch.arange(3.0, 18.0)[None])
+        final_latents(job, GPU, latents_on_host=True, window_batch=1)
+    assert cuda.pinned == []
+
+
+def test_09_eta_noise_with_host_latents_and_models_on_the_gpu(job):
+    """The scheduler's noise comes from a host generator: a CUDA one cannot draw it for latents in
+    host memory (diffusers raises), and the seed now gives the same noise on every device."""
+    with cuda_on_the_cpu():
+        on_gpu = final_latents(job, GPU, latents_on_host=True, window_batch=1, eta=0.7)
+    assert torch.equal(on_gpu, final_latents(job, eta=0.7))
+    assert not torch.equal(on_gpu, final_latents(job))
+
+
+def test_09_compile_failing_before_any_call_falls_back_to_eager(job, monkeypatch):
+    """torch.compile itself raises on some platforms and Pythons (not only when the first call compiles)."""
+    def unsupported(module, **_):
+        raise RuntimeError("torch.compile is not supported on this platform")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    with pytest.warns(UserWarning, match="running VExpressUNet eagerly: torch.compile is not supported"):
+        compiled = final_latents(job, compile=True)
+    assert torch.equal(compiled, final_latents(job))
