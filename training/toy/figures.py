@@ -114,7 +114,7 @@ def training_picture(runs: Path, out: Path) -> Path:
         offset += int(steps.max())
         offsets.append(offset)
     evaluation = scalars(runs / "logs" / "eval")
-    canvas = np.full((640, 760, 3), 255, np.uint8)
+    canvas = np.full((660, 760, 3), 255, np.uint8)
     plot(canvas, (20, 30, 700, 170), loss_series, "training loss per stage (1 blue, 2 orange, 3 green; smoothed)",
          "step", marks=offsets[:-1])
     panels = (("eval/lip_sync_r", "lip-sync r (held-out id, babble, moving head)", 230),
