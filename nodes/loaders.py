@@ -9,7 +9,7 @@ from vexpress_core.orchestration import DEFAULT_CROP, DEFAULT_FACE_MARGIN, Frami
 
 from . import choices, runtime
 from .detectors import detector_for
-from .fetch import STORAGE_CHOICES, model_choices, model_folder, model_folder_path, model_folders, will_download  # noqa: F401  (model_folders: the loader module's public name)
+from .fetch import STORAGE_CHOICES, TOY_CHOICE, model_choices, model_folder, model_folder_path, model_folders, will_download  # noqa: F401  (model_folders, TOY_CHOICE: the loader module's public names)
 from .management import ModelHandle
 from .schema import Combo, Float, Int, Link, Node, Output, check_output_size, validation
 from .types import IMAGE, MODELS, REFERENCE, image_to_uint8, uint8_to_image

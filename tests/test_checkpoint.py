@@ -32,14 +32,13 @@ from vexpress_core.checkpoint import (
     CheckpointError,
     audio_projection_config,
     build_networks,
-    convert_weights,
     guider_config,
     load_models,
     motion_max_len,
     read_state_dict,
-    split_weights,
 )
 from vexpress_core.models import sinusoidal_position_code
+from vexpress_core.saving import convert_weights, split_weights
 from vexpress_core.tiny import make_tiny_models
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"

@@ -191,7 +191,7 @@ def test_the_readme_links_and_pictures_are_all_seen():
     silently found nothing would let every link test pass."""
     targets = [local_target(target) for target in link_targets(README.read_text(encoding="utf-8"))]
     paths = {target[0] for target in targets if target is not None}
-    assert "docs/images/vkps_preview.png" in paths
+    assert "docs/images/toy_talking.png" in paths
     assert {f"workflows/{workflow.stem}.jpg" for workflow in (REPO / "workflows").glob("*.json")} <= paths
     assert {"docs/cli.md", "docs/performance.md", "training/README.md"} <= paths
 

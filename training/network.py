@@ -32,7 +32,7 @@ class VExpressNet(nn.Module):
         self.audio_projection = audio_projection
 
     def networks(self) -> dict[str, nn.Module]:
-        """The networks under the names `vexpress_core.checkpoint.split_weights` expects."""
+        """The networks under the names `vexpress_core.saving.split_weights` expects."""
         return {
             "reference_net": self.reference_net,
             "denoising_unet": self.denoising_unet,

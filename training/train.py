@@ -34,7 +34,8 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, read_config, read_state_dict, save_weights, split_states, weight_file
+from vexpress_core.checkpoint import WEIGHT_NAMES, CheckpointError, read_config, read_state_dict, weight_file
+from vexpress_core.saving import save_weights, split_states
 from vexpress_core.dtypes import DTYPES
 
 from .clipdata import DataError

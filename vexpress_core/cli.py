@@ -236,7 +236,7 @@ def run_preview_kps(args: argparse.Namespace) -> Path:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from .checkpoint import convert_weights
+    from .saving import convert_weights
 
     convert_weights(args.src, args.dst, DTYPES[args.dtype] if args.dtype else None)
 

@@ -27,7 +27,8 @@ from typing import Callable, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import FOLDER_FILES, WEIGHT_NAMES, CheckpointError, cast_state, load_vexpress_networks, read_state_dict, resolve_model_paths
+from .checkpoint import FOLDER_FILES, WEIGHT_NAMES, CheckpointError, load_vexpress_networks, read_state_dict, resolve_model_paths
+from .saving import cast_state
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-from .checkpoint import save_weights, split_weights
+from .saving import save_weights, split_weights
 from .models import AudioProjection, VExpressUNet, VKpsGuider, build_reference_net
 
 TINY_UNET_CONFIG = {

@@ -80,7 +80,8 @@ def trained_stage(stage: int, steps: int, data: Path, models: Path, runs: Path, 
 
 def packaged_model(base: Path, checkpoint: Path, out: Path) -> Path:
     """The published layout with the checkpoint's five networks as fp16 safetensors."""
-    from vexpress_core.checkpoint import read_state_dict, save_weights, weight_file, WEIGHT_NAMES
+    from vexpress_core.checkpoint import WEIGHT_NAMES, read_state_dict, weight_file
+    from vexpress_core.saving import save_weights
 
     if out.exists():
         shutil.rmtree(out)
