@@ -27,7 +27,8 @@ def fake_buffalo_l(model_dir):
 @pytest.mark.parametrize("detector, package", [("retinaface", "onnxruntime"), ("insightface", "insightface")])
 def test_cli_reports_a_missing_backend_in_one_line(detector, package, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, package, None)  # as if not installed: importing it raises ImportError
-    models = fake_buffalo_l(tmp_path / "models")
+    models = fake_buffalo_l(make_tiny_models(tmp_path / "models"))  # complete: the folder is checked first
+    capsys.readouterr()
     code = cli.main(["generate", "--models", str(models), "--reference", str(ASSETS_DIR / "portrait.png"),
                      "--audio", str(ASSETS_DIR / "speech.wav"), "--out", str(tmp_path / "out.mp4"),
                      "--detector", detector, "--width", "64", "--height", "64"])
