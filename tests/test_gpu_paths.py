@@ -16,10 +16,12 @@ import types
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from diffusers.models.modeling_utils import ModelMixin
 
+import multi_gpu_worker
 import tiny_case
 from comfyui_like import NODES
 from cuda_on_cpu import GPU, HOST, TOTAL_BYTES, cuda_on_the_cpu, placed_on
@@ -150,6 +152,36 @@ def test_07_novram_networks_run_on_the_gpu(gpu_comfy, tiny_model_dir):
     assert {name: placed_on(networks[name]) for name in DENOISING_NETWORKS} == dict.fromkeys(DENOISING_NETWORKS, HOST)
     images, _, _ = BY_ID["VExpressSampler"].run(**sampler_inputs(handle))
     assert images.shape[0] == 9
+
+
+# ------------------------------------------------------------------------------------------------
+# 2, 3. Several GPUs: one window_batch for all processes, host tensors over an NCCL-like group
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_model_dir, tmp_path_factory) -> list[dict]:
+    """Each scenario of multi_gpu_worker.SCENARIOS run by two processes: per rank, latents or the error."""
+    out = str(tmp_path_factory.mktemp("shards") / "latents")
+    ports = multi_gpu_worker.free_ports(len(multi_gpu_worker.SCENARIOS))
+    mp.spawn(multi_gpu_worker.denoise_in_each_process, args=(2, ports, str(tiny_model_dir), out), nprocs=2, join=True)
+    return [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+
+
+def test_02_processes_sizing_window_batch_auto_differently_give_the_one_process_latents(job, two_processes):
+    """Rank 0 has no free memory (1 window per call), rank 1 room for all 3: unagreed, the windows
+    sharded by batch index miss one (its frames get 0/0)."""
+    single = final_latents(job, window_batch=1)
+    for rank in two_processes:
+        assert torch.equal(rank["auto_window_batch"], single)
+
+
+def test_03_low_vram_with_a_group_that_reduces_no_host_tensors(job, two_processes):
+    """accelerate's multi-GPU group is NCCL-only: it rejects the host tensors --low-vram sums."""
+    single = final_latents(job, window_batch=1)
+    for rank in two_processes:
+        result = rank["low_vram_over_nccl"]
+        assert not isinstance(result, str), result
+        assert torch.equal(result, single)
 
 
 # ------------------------------------------------------------------------------------------------

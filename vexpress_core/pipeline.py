@@ -19,7 +19,7 @@ from .checkpoint import VExpressModels
 from .frame_cache import DEFAULT_BUDGET_MB, FrameCache
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, accumulation_dtype,
+from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, Shard, accumulation_dtype,
                        check_context, context_windows, make_scheduler, sample)
 from .settings import GenerationSettings
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
@@ -287,10 +287,14 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     latents = latents.to(accumulation_dtype(models.denoising_unet.dtype))
     if not settings.latents_on_host:
         latents = latents.to(models.device)
+    shard = Shard.from_process_group()
+    # Processes sizing window_batch="auto" by their own free memory would cut the windows into batches
+    # differently and skip or repeat windows: all take the smallest.
+    window_batch = shard.smallest(resolved_window_batch(settings, models, num_frames))
     return sample(
         denoiser, latents, make_scheduler(settings.scheduler), settings.steps,
         context_frames=settings.context_frames, context_overlap=settings.context_overlap, blend=settings.blend,
-        window_batch=resolved_window_batch(settings, models, num_frames), generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
+        window_batch=window_batch, generator=generator, eta=settings.eta, callback=callback, cancel=cancel, shard=shard,
     )
 
 
