@@ -23,7 +23,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 import multi_gpu_worker
 import tiny_case
-from comfyui_like import NODES
+from comfyui_like import NODES, load_handle
 from cuda_on_cpu import GPU, HOST, TOTAL_BYTES, cuda_on_the_cpu, placed_on
 from fake_comfyui import FakeModelPatcher, comfy  # noqa: F401 (comfy: a fixture)
 from vexpress_core import pipeline
@@ -83,11 +83,11 @@ def load_on_gpu(tiny_model_dir, keep_idle_on: str):
     return handle
 
 
-def sampler_inputs(handle) -> dict:
-    """The Sampler's inputs for the fixed case (9 frames at 64x64, 3 windows of 4)."""
+def sampler_inputs(handle, audio: dict | None = None, fps: float = 30.0) -> dict:
+    """The Sampler's inputs for the fixed case (9 frames at 64x64, 3 windows of 4), or other speech."""
     picture, points = tiny_case.framed_reference()
     reference = reference_phase(handle.using, FramedReference(picture, points))
-    speech, _, _ = BY_ID["VExpressAudioEncode"].run(models=handle, audio=tiny_case.comfy_audio(), fps=30.0)
+    speech, _, _ = BY_ID["VExpressAudioEncode"].run(models=handle, audio=audio or tiny_case.comfy_audio(), fps=fps)
     return dict(models=handle, reference=reference, speech=speech, kps=track_phase(reference, speech.speech, None, "fix_face"),
                 steps=1, cfg=3.5, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", seed=1, deflicker=False,
                 window_options=SETTINGS.windows, previews=False)
@@ -351,6 +351,34 @@ def test_08_gradient_checkpointing_with_diffusers_030(job, monkeypatch):
     assert not calls
     assert all(torch.equal(a, b) for a, b in zip(unet_gradients(job, checkpointed), expected))
     assert calls  # every resnet, spatial transformer and motion module recomputed in the backward pass
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. fp16 end to end
+
+
+def test_10_fp16_node_graph_matches_fp32(tiny_model_dir, monkeypatch):
+    """fp16, what "auto" gives on CUDA, through the nodes on the CPU: reference, speech longer than an
+    encoder chunk (chunks of 1 s stand in for 30 s; the first conv at wav2vec2-base's scale, see item
+    6), denoising with guidance and decoding. Every stage stays finite and near the fp32 run."""
+    monkeypatch.setattr(pipeline, "encode_audio", functools.partial(encode_audio, chunk_seconds=1.0, overlap_seconds=0.25))
+    waveform = synthetic_speech(2.5)
+    _, loud = loud_first_conv_encoder(tiny_model_dir, waveform)
+    runs = {}
+    for dtype in ("fp32", "fp16"):
+        handle = load_handle(tiny_model_dir.parent, model=tiny_model_dir.name, dtype=dtype)
+        handle.models.audio_encoder.load_state_dict(loud.state_dict())
+        inputs = sampler_inputs(handle, {"waveform": torch.from_numpy(waveform)[None, None], "sample_rate": 16000}, fps=4.0)
+        images, _, _ = BY_ID["VExpressSampler"].run(**inputs)
+        runs[dtype] = inputs["reference"].reference.latents.float(), inputs["speech"].speech.hidden, images
+    assert handle.dtype == torch.float16 and next(handle.models.denoising_unet.parameters()).dtype == torch.float16
+    (reference, speech, images), (half_reference, half_speech, half_images) = runs["fp32"], runs["fp16"]
+    assert all(torch.isfinite(values).all() for values in runs["fp16"])
+    assert (half_reference - reference).abs().max().item() < 1e-2
+    assert (half_speech - speech).abs().max().item() < 0.05
+    # Guidance on the tiny random UNet amplifies rounding (single pixels move by up to 0.17 of the
+    # range); on average fp16 frames stay within 0.03 (the fp16 speech bug gave 0.085).
+    assert (half_images - images).abs().mean().item() < 0.03
 
 
 # ------------------------------------------------------------------------------------------------
