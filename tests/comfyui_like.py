@@ -105,14 +105,13 @@ def spec_defaults(node) -> dict[str, Any]:
             for spec in node.INPUTS if spec.is_widget}
 
 
-def load_handle(model_root: Path, keep_idle_on: str = "gpu"):
-    """The Load V-Express Models node's output for the tiny models under `model_root`, without ComfyUI."""
+def load_handle(model_root: Path, keep_idle_on: str = "gpu", model: str = "V-Express", dtype: str = "fp32"):
+    """The Load V-Express Models node's output for the tiny models `model_root`/`model`, without ComfyUI."""
     import pytest
 
     runtime = NODES.runtime
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(runtime.MODEL_ROOT_ENV, str(model_root))
         patch.setattr(runtime, "folder_paths", None)
-        (models,) = NODES.nodes_by_id()["VExpressLoadModels"].run(model="V-Express", dtype="fp32",
-                                                                    keep_idle_on=keep_idle_on)
+        (models,) = NODES.nodes_by_id()["VExpressLoadModels"].run(model=model, dtype=dtype, keep_idle_on=keep_idle_on)
     return models

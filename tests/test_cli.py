@@ -60,16 +60,16 @@ def generate_args(models: Path, reference: Path, audio: Path, out: Path, *extra:
 
 
 @pytest.fixture
-def write_video_calls(monkeypatch):
-    """Records what `generate` hands to pipeline.write_video (settings, track), then runs it."""
+def denoise_calls(monkeypatch):
+    """Records what `generate` hands to pipeline.denoise (settings, track, speech), then runs it."""
     calls = []
-    real = pipeline.write_video
+    real = pipeline.denoise
 
-    def spy(models, reference, speech, track, settings, out_path, *args, **kwargs):
+    def spy(models, reference, speech, track, settings, *args, **kwargs):
         calls.append({"settings": settings, "track": track, "speech": speech})
-        return real(models, reference, speech, track, settings, out_path, *args, **kwargs)
+        return real(models, reference, speech, track, settings, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_video", spy)
+    monkeypatch.setattr(pipeline, "denoise", spy)
     return calls
 
 
@@ -89,7 +89,7 @@ def assert_video(path: Path, frames: int, fps: float, size=(64, 64)) -> None:
 # generate
 
 
-def test_generate_with_a_published_kps_track(tiny_model_dir, sample, inputs, tmp_path, capsys, write_video_calls):
+def test_generate_with_a_published_kps_track(tiny_model_dir, sample, inputs, tmp_path, capsys, denoise_calls):
     out = tmp_path / "kps.mp4"
     args = generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], out, "--kps", str(sample / "kps.pth"))
     assert cli.main(args) == 0
@@ -97,7 +97,7 @@ def test_generate_with_a_published_kps_track(tiny_model_dir, sample, inputs, tmp
     assert frames == 15
     assert_video(out, frames, 30.0)
     assert f"wrote {out}" in capsys.readouterr().out
-    (call,) = write_video_calls
+    (call,) = denoise_calls
     settings = call["settings"]
     assert (settings.width, settings.height, settings.steps, settings.context_frames, settings.context_overlap) == \
         (64, 64, 1, 8, 2)
@@ -110,16 +110,16 @@ def test_generate_with_a_published_kps_track(tiny_model_dir, sample, inputs, tmp
 
 
 def test_generate_without_driving_input_keeps_the_reference_face(tiny_model_dir, sample, inputs, tmp_path,
-                                                                 write_video_calls):
+                                                                 denoise_calls):
     out = tmp_path / "still.mp4"
     assert cli.main(generate_args(tiny_model_dir, sample / "ref.jpg", inputs["speech"], out)) == 0
     assert_video(out, expected_frames(inputs["speech"], 30.0), 30.0)
-    track = write_video_calls[0]["track"]
+    track = denoise_calls[0]["track"]
     assert np.array_equal(track.points, np.repeat(track.points[:1], len(track), axis=0))  # fix_face
 
 
 def test_generate_with_a_driving_video_and_every_option(tiny_model_dir, sample, inputs, tmp_path,
-                                                        write_video_calls):
+                                                        denoise_calls):
     out = tmp_path / "nested" / "driven.mp4"  # missing parent folders are created
     extra = ["--driving-video", str(inputs["driving"]), "--retarget", "offset_retarget", "--fps", "25",
              "--guidance", "2.5", "--reference-weight", "0.9", "--audio-weight", "2", "--seed", "7",
@@ -131,11 +131,11 @@ def test_generate_with_a_driving_video_and_every_option(tiny_model_dir, sample, 
     frames = expected_frames(inputs["speech"], 25.0)
     assert frames == 12
     assert_video(out, frames, 25.0, size=(80, 64))
-    settings = write_video_calls[0]["settings"]
+    settings = denoise_calls[0]["settings"]
     assert (settings.fps, settings.guidance_scale, settings.reference_weight, settings.audio_weight, settings.seed,
             settings.blend, settings.window_batch, settings.scheduler, settings.deflicker) == \
         (25.0, 2.5, 0.9, 2.0, 7, "ramp", 2, "euler", False)
-    track = write_video_calls[0]["track"]
+    track = denoise_calls[0]["track"]
     assert len(track) == frames and track.frame_size == (80, 64)
 
 

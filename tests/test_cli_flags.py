@@ -31,15 +31,15 @@ def speech(tmp_path_factory, samples_dir) -> Path:
 
 @pytest.fixture
 def calls(monkeypatch):
-    """What `generate` hands to pipeline.write_video (settings, track)."""
+    """What `generate` hands to pipeline.denoise (settings, track)."""
     seen = []
-    real = pipeline.write_video
+    real = pipeline.denoise
 
-    def spy(models, reference, speech, track, settings, out_path, *args, **kwargs):
+    def spy(models, reference, speech, track, settings, *args, **kwargs):
         seen.append({"settings": settings, "track": track})
-        return real(models, reference, speech, track, settings, out_path, *args, **kwargs)
+        return real(models, reference, speech, track, settings, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_video", spy)
+    monkeypatch.setattr(pipeline, "denoise", spy)
     return seen
 
 

@@ -16,19 +16,25 @@ import types
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from diffusers.models.modeling_utils import ModelMixin
 
+import multi_gpu_worker
 import tiny_case
-from cuda_on_cpu import GPU, cuda_on_the_cpu
+from comfyui_like import NODES, load_handle
+from cuda_on_cpu import GPU, HOST, TOTAL_BYTES, cuda_on_the_cpu, placed_on
+from fake_comfyui import FakeModelPatcher, comfy  # noqa: F401 (comfy: a fixture)
+from vexpress_core import pipeline
 from vexpress_core.audio import encode_audio, load_audio_encoder, normalised_input, synthetic_speech
 from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
 from vexpress_core.checkpoint import WEIGHT_NAMES, load_models, read_state_dict, weight_file
 from vexpress_core.frame_cache import FrameCache
 from vexpress_core.models import processor
+from vexpress_core.offload import DECODING_NETWORKS, DENOISING_NETWORKS
+from vexpress_core.orchestration import FramedReference, reference_phase, track_phase
 from vexpress_core.pipeline import audio_token_source, denoise, kps_feature_source
-from vexpress_core.settings import GenerationSettings
 from vexpress_core.sampling import Conditions, GuidedDenoiser, context_windows
 from vexpress_core.tiny import unet_config_for
 from vexpress_training import train
@@ -38,12 +44,12 @@ from vexpress_training.stages import apply_stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SETTINGS = GenerationSettings(width=tiny_case.SIZE, height=tiny_case.SIZE, steps=2, context_frames=4, context_overlap=1)
+SETTINGS = tiny_case.SETTINGS
 
 
 @pytest.fixture(scope="module")
 def job(tiny_model_dir):
-    """The tiny models and the fixed 64x64 case (9 frames: 3 windows of 4)."""
+    """The tiny models and the fixed 64x64 case."""
     models = load_models(tiny_model_dir)
     return (models, *tiny_case.make_case(models))
 
@@ -52,8 +58,130 @@ def final_latents(job, device: torch.device | None = None, **changes) -> torch.T
     """The job's final latents with `changes` to SETTINGS; with `device`, the models say they run there."""
     models, reference, speech, track = job
     models = dataclasses.replace(models, device=device) if device is not None else models
-    return denoise(models, reference, speech, track, GenerationSettings(SETTINGS.sampling, SETTINGS.windows,
-                                                                        SETTINGS.memory, **changes))
+    return denoise(models, reference, speech, track, dataclasses.replace(SETTINGS, **changes))
+
+
+# ------------------------------------------------------------------------------------------------
+# 1, 5, 7. ComfyUI on a GPU: room for the working memory, decoding alone and by free memory, --novram
+
+BY_ID = NODES.nodes_by_id()
+
+
+@pytest.fixture()
+def gpu_comfy(comfy, tiny_model_dir):
+    """ComfyUI (faked) computing on a GPU (played by the CPU) with the tiny model folder; a test sets the
+    card's size (`comfy.mm.vram_bytes`), and ComfyUI's free memory is what torch.cuda reports."""
+    comfy.folder_paths.add_model_folder_path("v-express", str(tiny_model_dir.parent))
+    comfy.mm.get_torch_device = lambda: GPU
+    with cuda_on_the_cpu(lambda: comfy.mm.get_free_memory(GPU)):
+        yield comfy
+
+
+def load_on_gpu(tiny_model_dir, keep_idle_on: str):
+    (handle,) = BY_ID["VExpressLoadModels"].run(model=tiny_model_dir.name, dtype="fp32", keep_idle_on=keep_idle_on)
+    assert handle.load_device == GPU
+    return handle
+
+
+def sampler_inputs(handle, audio: dict | None = None, fps: float = 30.0) -> dict:
+    """The Sampler's inputs for the fixed case (9 frames at 64x64, 3 windows of 4), or other speech."""
+    picture, points = tiny_case.framed_reference()
+    reference = reference_phase(handle.using, FramedReference(picture, points))
+    speech, _, _ = BY_ID["VExpressAudioEncode"].run(models=handle, audio=audio or tiny_case.comfy_audio(), fps=fps)
+    return dict(models=handle, reference=reference, speech=speech, kps=track_phase(reference, speech.speech, None, "fix_face"),
+                steps=1, cfg=3.5, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", seed=1, deflicker=False,
+                window_options=SETTINGS.windows, previews=False)
+
+
+def weights_bytes(handle, names) -> int:
+    return sum(handle.patchers[name].model_size() for name in names)
+
+
+def test_01_comfyui_makes_room_for_the_samplers_working_memory(gpu_comfy, tiny_model_dir):
+    """An earlier node's model fills the GPU. The denoising phase asks ComfyUI for its working memory
+    beside the weights, so that model is evicted, and window_batch="auto" is sized after the eviction."""
+    mm = gpu_comfy.mm
+    handle = load_on_gpu(tiny_model_dir, keep_idle_on="gpu")
+    settings = SETTINGS
+    window = pipeline.window_memory(settings, handle.models, tiny_case.FRAMES)
+    earlier = FakeModelPatcher(torch.nn.Linear(2, 2), GPU, HOST, size=10 * window)
+    mm.vram_bytes = weights_bytes(handle, handle.patchers) + earlier.model_size() + window // 2
+    mm.load_models_gpu([earlier])
+    inputs = sampler_inputs(handle)
+    assert any(loaded.model is earlier for loaded in mm.current_loaded_models)
+    calls = []
+    handle.models.denoising_unet.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0] // 2))
+    BY_ID["VExpressSampler"].run(**inputs)
+    requests = dict(zip((tuple(p for p in call) for call, _ in mm.load_calls), mm.memory_requests))
+    denoising = requests[tuple(handle.patchers[name] for name in DENOISING_NETWORKS)][0]
+    decoding = requests[tuple(handle.patchers[name] for name in DECODING_NETWORKS)][0]
+    assert denoising >= pipeline.denoising_memory(settings, handle.models, tiny_case.FRAMES) >= window
+    assert decoding >= pipeline.decoding_memory(settings, handle.models) > 0
+    assert all(loaded.model is not earlier for loaded in mm.current_loaded_models)
+    assert calls == [3]  # all 3 windows in one call: sized by the memory free after the eviction
+
+
+def test_05_low_vram_decodes_with_the_vae_alone_in_chunks_sized_by_free_memory(gpu_comfy, tiny_model_dir):
+    mm = gpu_comfy.mm
+    handle = load_on_gpu(tiny_model_dir, keep_idle_on="cpu")
+    inputs = sampler_inputs(handle)
+    settings = SETTINGS
+    frame = pipeline.decode_frame_memory(settings, handle.models)
+    mm.vram_bytes = weights_bytes(handle, DECODING_NETWORKS) + int(2.5 * frame / pipeline.GPU_MEMORY_SHARE)
+    log = []
+    models = handle.models
+    models.denoising_unet.register_forward_pre_hook(lambda *_: log.append(("denoise", sorted(handle.loaded_networks()))))
+    models.vae.decoder.register_forward_pre_hook(
+        lambda _, args: log.append((f"decode {args[0].shape[0]}", sorted(handle.loaded_networks()))))
+    images, _, _ = BY_ID["VExpressSampler"].run(**inputs)
+    assert images.shape[0] == 9
+    denoising = log[:-5]
+    assert denoising and all(entry == ("denoise", sorted(DENOISING_NETWORKS)) for entry in denoising)
+    assert log[-5:] == [("decode 2", ["vae"])] * 4 + [("decode 1", ["vae"])]  # 9 frames, 2 per call
+
+
+def test_07_novram_networks_run_on_the_gpu(gpu_comfy, tiny_model_dir):
+    """ComfyUI --novram reports our networks loaded (their patchers' device is the GPU) but moves none
+    of their weights; they are moved for the phase, and back to host memory after it."""
+    gpu_comfy.mm.novram, gpu_comfy.mm.vram_bytes = True, TOTAL_BYTES
+    handle = load_on_gpu(tiny_model_dir, keep_idle_on="gpu")
+    networks = handle.models.networks()
+    with handle.using(DENOISING_NETWORKS) as models:
+        assert models.device == GPU
+        assert {name: placed_on(networks[name]) for name in DENOISING_NETWORKS} == dict.fromkeys(DENOISING_NETWORKS, GPU)
+    assert {name: placed_on(networks[name]) for name in DENOISING_NETWORKS} == dict.fromkeys(DENOISING_NETWORKS, HOST)
+    images, _, _ = BY_ID["VExpressSampler"].run(**sampler_inputs(handle))
+    assert images.shape[0] == 9
+
+
+# ------------------------------------------------------------------------------------------------
+# 2, 3. Several GPUs: one window_batch for all processes, host tensors over an NCCL-like group
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_model_dir, tmp_path_factory) -> list[dict]:
+    """Each scenario of multi_gpu_worker.SCENARIOS run by two processes: per rank, latents or the error."""
+    out = str(tmp_path_factory.mktemp("shards") / "latents")
+    ports = multi_gpu_worker.free_ports(len(multi_gpu_worker.SCENARIOS))
+    mp.spawn(multi_gpu_worker.denoise_in_each_process, args=(2, ports, str(tiny_model_dir), out), nprocs=2, join=True)
+    return [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+
+
+def test_02_processes_sizing_window_batch_auto_differently_give_the_one_process_latents(job, two_processes):
+    """Rank 0 has no free memory (1 window per call), rank 1 room for all 3: unagreed, the windows
+    sharded by batch index miss one (its frames get 0/0)."""
+    single = final_latents(job, window_batch=1)
+    for rank in two_processes:
+        assert torch.equal(rank["auto_window_batch"], single)
+
+
+def test_03_low_vram_with_a_group_that_reduces_no_host_tensors(job, two_processes):
+    """accelerate's multi-GPU group is NCCL-only: it rejects the host tensors --low-vram sums."""
+    single = final_latents(job, window_batch=1)
+    for rank in two_processes:
+        result = rank["low_vram_over_nccl"]
+        assert not isinstance(result, str), result
+        assert torch.equal(result, single)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,6 +351,34 @@ def test_08_gradient_checkpointing_with_diffusers_030(job, monkeypatch):
     assert not calls
     assert all(torch.equal(a, b) for a, b in zip(unet_gradients(job, checkpointed), expected))
     assert calls  # every resnet, spatial transformer and motion module recomputed in the backward pass
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. fp16 end to end
+
+
+def test_10_fp16_node_graph_matches_fp32(tiny_model_dir, monkeypatch):
+    """fp16, what "auto" gives on CUDA, through the nodes on the CPU: reference, speech longer than an
+    encoder chunk (chunks of 1 s stand in for 30 s; the first conv at wav2vec2-base's scale, see item
+    6), denoising with guidance and decoding. Every stage stays finite and near the fp32 run."""
+    monkeypatch.setattr(pipeline, "encode_audio", functools.partial(encode_audio, chunk_seconds=1.0, overlap_seconds=0.25))
+    waveform = synthetic_speech(2.5)
+    _, loud = loud_first_conv_encoder(tiny_model_dir, waveform)
+    runs = {}
+    for dtype in ("fp32", "fp16"):
+        handle = load_handle(tiny_model_dir.parent, model=tiny_model_dir.name, dtype=dtype)
+        handle.models.audio_encoder.load_state_dict(loud.state_dict())
+        inputs = sampler_inputs(handle, {"waveform": torch.from_numpy(waveform)[None, None], "sample_rate": 16000}, fps=4.0)
+        images, _, _ = BY_ID["VExpressSampler"].run(**inputs)
+        runs[dtype] = inputs["reference"].reference.latents.float(), inputs["speech"].speech.hidden, images
+    assert handle.dtype == torch.float16 and next(handle.models.denoising_unet.parameters()).dtype == torch.float16
+    (reference, speech, images), (half_reference, half_speech, half_images) = runs["fp32"], runs["fp16"]
+    assert all(torch.isfinite(values).all() for values in runs["fp16"])
+    assert (half_reference - reference).abs().max().item() < 1e-2
+    assert (half_speech - speech).abs().max().item() < 0.05
+    # Guidance on the tiny random UNet amplifies rounding (single pixels move by up to 0.17 of the
+    # range); on average fp16 frames stay within 0.03 (the fp16 speech bug gave 0.085).
+    assert (half_images - images).abs().mean().item() < 0.03
 
 
 # ------------------------------------------------------------------------------------------------

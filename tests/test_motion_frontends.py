@@ -42,15 +42,15 @@ def inputs(tmp_path_factory, samples_dir) -> dict:
 
 @pytest.fixture
 def drawn_tracks(monkeypatch):
-    """The tracks `generate` hands to pipeline.write_video."""
+    """The tracks `generate` hands to pipeline.denoise."""
     tracks = []
-    real = pipeline.write_video
+    real = pipeline.denoise
 
     def spy(models, reference, speech, track, *args, **kwargs):
         tracks.append(track)
         return real(models, reference, speech, track, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_video", spy)
+    monkeypatch.setattr(pipeline, "denoise", spy)
     return tracks
 
 

@@ -709,11 +709,11 @@ def test_cli_and_node_graph_give_the_same_frames(comfy, model_root, portrait, sp
     soundfile.write(speech_file, speech_audio["waveform"][0, 0].numpy(), 16000)
     captured = {}
 
-    def capture_frames(models, reference, speech, track, settings, out, callback=None, cancel=None):
-        captured["frames"] = pipeline.generate(models, reference, speech, track, settings).frames
+    def capture_frames(models, final, speech, settings, out, cancel=None):
+        captured["frames"] = pipeline.decoded_generation(models, final, speech, settings).frames
         return Path(out)
 
-    monkeypatch.setattr(orchestration.pipeline, "write_video", capture_frames)
+    monkeypatch.setattr(orchestration.pipeline, "written_video", capture_frames)
     settings = dict(steps=2, seed=7, cfg=3.5, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", deflicker=True)
     assert cli.main(["generate", "--models", str(model_root / "V-Express"), "--reference", str(photo), "--audio",
                      str(speech_file), "--out", str(tmp_path / "cli.mp4"), "--width", "64", "--height", "64",

@@ -108,10 +108,9 @@ def run_generate(args: argparse.Namespace) -> Path:
     from .audio import load_audio
     from .checkpoint import checked_model_folder, load_models
     from .detectors import make_detector
-    from .offload import DENOISING_NETWORKS, placed
-    from .orchestration import (Framing, driving_track, framed_reference, generation_settings, reference_phase,
-                                speech_phase, track_phase, video_phase)
-    from .pipeline import denoise
+    from .offload import placed
+    from .orchestration import (Framing, denoising_phase, driving_track, framed_reference, reference_phase, speech_phase,
+                                track_phase, video_phase)
     from .video import check_output_path, video_fps_and_length
 
     # Everything that can be checked cheaply is, before any detection, decoding or model loading.
@@ -137,15 +136,14 @@ def run_generate(args: argparse.Namespace) -> Path:
                                 smooth=args.smooth)
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
 
-    def using(names):
+    def using(names, working_memory=None):  # the CLI has the device to itself: nothing to make room for
         return placed(models, names, run_device, idle_device)
 
     reference = reference_phase(using, framed)
     speech = speech_phase(using, waveform, settings.fps, name=str(args.audio))
     track = track_phase(reference, speech, driving, args.retarget, args.kps_resample, args.motion_scale, args.motion_seed)
     if state is not None and not state.is_main_process:
-        with using(DENOISING_NETWORKS) as active:  # this process's share of the windows
-            denoise(active, reference.reference, speech, track, generation_settings(reference, speech, settings))
+        denoising_phase(using, reference, speech, track, settings)  # this process's share of the windows
         return out
     bar, update = progress_bar(settings, speech.num_frames)
     with bar:

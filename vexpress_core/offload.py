@@ -24,7 +24,7 @@ def placed(models: VExpressModels, names: tuple[str, ...], run_device: torch.dev
     if unknown:
         raise KeyError(f"unknown V-Express networks {unknown}; known: {sorted(networks)}")
     chosen = [networks[name] for name in names]
-    moving = run_device != idle_device
+    moving = run_device != idle_device and bool(chosen)
     if moving and make_room is not None:
         make_room(int(network_bytes(chosen) * 1.3), run_device)
     try:

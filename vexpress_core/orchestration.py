@@ -8,19 +8,23 @@
     video_phase        -> an mp4 with the speech; frames_phase -> the frames in memory
 
 The CLI runs them back to back (`cli.run_generate`), the nodes one or two per node. Networks are
-reached through `using(names)`, a context manager yielding the models with those networks placed
-where they run (CLI: `offload.placed`, nodes: ComfyUI's model management), so placement stays the
-front end's business. Pipeline functions are called through the module so tests can observe them.
+reached through `using(names, working_memory)`, a context manager yielding the models with those
+networks placed where they run (CLI: `offload.placed`, nodes: ComfyUI's model management), so
+placement stays the front end's business; `working_memory(models)` is the bytes the block needs
+beside the weights, for front ends that make room for it (ComfyUI). Denoising and decoding are
+separate blocks, so in low-VRAM mode the VAE decodes with the UNet off the GPU. Pipeline functions
+are called through the module so tests can observe them.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager
 
 import cv2
 import numpy as np
+import torch
 
 from . import pipeline
 from .checkpoint import VExpressModels
@@ -30,8 +34,9 @@ from .offload import DECODING_NETWORKS, DENOISING_NETWORKS, REFERENCE_NETWORKS, 
 from .pipeline import Generation, GenerationSettings, Reference, Speech
 from .registry import Registry
 from .sampling import Progress
+from .video import check_output_path
 
-Using = Callable[[Sequence[str]], ContextManager[VExpressModels]]
+Using = Callable[..., ContextManager[VExpressModels]]  # using(names, working_memory=None)
 
 Box = tuple[int, int, int, int]
 
@@ -57,7 +62,7 @@ DEFAULT_FACE_MARGIN = 0.6
 
 def using_models(models: VExpressModels) -> Using:
     """`using` for models that stay where they are."""
-    return lambda names: nullcontext(models)
+    return lambda names, working_memory=None: nullcontext(models)
 
 
 @dataclass(frozen=True)
@@ -203,19 +208,31 @@ def generation_settings(reference: PreparedReference, speech: Speech, settings: 
     return replace(settings, width=reference.width, height=reference.height, fps=speech.fps)
 
 
+def denoising_phase(using: Using, reference: PreparedReference, speech: Speech, track: KeypointTrack,
+                    settings: GenerationSettings, callback: Callable[[Progress], None] | None = None,
+                    cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """The final latents, with the settings of `generation_settings`."""
+    settings = generation_settings(reference, speech, settings)
+    with using(DENOISING_NETWORKS, lambda models: pipeline.denoising_memory(settings, models, speech.num_frames)) as models:
+        return pipeline.denoise(models, reference.reference, speech, track, settings, callback=callback, cancel=cancel)
+
+
 def video_phase(using: Using, reference: PreparedReference, speech: Speech, track: KeypointTrack,
                 settings: GenerationSettings, out: str | Path, callback: Callable[[Progress], None] | None = None,
                 cancel: Callable[[], bool] | None = None) -> Path:
     """Generate and stream the frames into an mp4 with the speech."""
-    with using(DENOISING_NETWORKS + DECODING_NETWORKS) as models:
-        return pipeline.write_video(models, reference.reference, speech, track,
-                                    generation_settings(reference, speech, settings), out, callback=callback, cancel=cancel)
+    check_output_path(out)
+    settings = generation_settings(reference, speech, settings)
+    final = denoising_phase(using, reference, speech, track, settings, callback, cancel)
+    with using(DECODING_NETWORKS, lambda models: pipeline.decoding_memory(settings, models)) as models:
+        return pipeline.written_video(models, final, speech, settings, out, cancel)
 
 
 def frames_phase(using: Using, reference: PreparedReference, speech: Speech, track: KeypointTrack,
                  settings: GenerationSettings, callback: Callable[[Progress], None] | None = None,
                  cancel: Callable[[], bool] | None = None) -> Generation:
     """Generate the whole video in memory (frames, fps, the speech cut to the video)."""
-    with using(DENOISING_NETWORKS + DECODING_NETWORKS) as models:
-        return pipeline.generate(models, reference.reference, speech, track,
-                                 generation_settings(reference, speech, settings), callback=callback, cancel=cancel)
+    settings = generation_settings(reference, speech, settings)
+    final = denoising_phase(using, reference, speech, track, settings, callback, cancel)
+    with using(DECODING_NETWORKS, lambda models: pipeline.decoding_memory(settings, models)) as models:
+        return pipeline.decoded_generation(models, final, speech, settings, cancel)

@@ -19,7 +19,7 @@ from .checkpoint import VExpressModels
 from .frame_cache import DEFAULT_BUDGET_MB, FrameCache
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
-from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, accumulation_dtype,
+from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, Shard, accumulation_dtype,
                        check_context, context_windows, make_scheduler, sample)
 from .settings import GenerationSettings
 from .video import MedianDeflicker, VideoWriter, check_output_path, to_uint8
@@ -159,6 +159,9 @@ def published_noise_draws(models: VExpressModels) -> int:
 # Rough activation memory of one window in the denoising UNet, in multiples of one CFG-doubled
 # window's latent-resolution tensor at the first block width (conservative for SD1.5 shapes).
 WINDOW_ACTIVATION_FACTOR = 48
+# The VAE decoder's working memory per latent pixel of a frame, per byte of its dtype: ComfyUI's
+# estimate for SD's AutoencoderKL (comfy/sd.py, memory_used_decode).
+DECODE_BYTES_PER_LATENT_PIXEL = 2178 * 64
 GPU_MEMORY_SHARE = 0.6
 
 
@@ -176,11 +179,53 @@ def host_frames_per_call(width: int, height: int) -> int:
     return max(1, HOST_PIXELS_PER_CALL // (width * height))
 
 
+def free_gpu_memory(device: torch.device) -> int:
+    """Bytes new tensors can take on a CUDA device: free in the driver plus what torch's allocator
+    holds unused (what ComfyUI counts as free)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def window_memory(settings: GenerationSettings, models: VExpressModels, num_frames: int) -> int:
+    """Bytes of the denoising UNet's activations for one window (conditional and unconditional)."""
+    unet = models.denoising_unet
+    latent_pixels = (settings.height // models.vae_scale_factor) * (settings.width // models.vae_scale_factor)
+    window = min(settings.context_frames, num_frames)
+    return 2 * window * latent_pixels * unet.config.block_out_channels[0] * unet.dtype.itemsize * WINDOW_ACTIVATION_FACTOR
+
+
+def decode_frame_memory(settings: GenerationSettings, models: VExpressModels) -> int:
+    """Bytes the VAE decoder works in per frame (per tile with `vae_tiling`)."""
+    vae = models.vae
+    latent_pixels = (settings.height // models.vae_scale_factor) * (settings.width // models.vae_scale_factor)
+    if settings.vae_tiling:
+        latent_pixels = min(latent_pixels, vae.tile_latent_min_size ** 2)
+    return DECODE_BYTES_PER_LATENT_PIXEL * latent_pixels * vae.dtype.itemsize
+
+
+def denoising_memory(settings: GenerationSettings, models: VExpressModels, num_frames: int) -> int:
+    """Bytes denoising needs besides the weights: one UNet call's windows (one for "auto", which then
+    takes what is free)."""
+    windows = 1 if settings.window_batch == "auto" else settings.window_batch
+    return windows * window_memory(settings, models, num_frames)
+
+
+def decoding_memory(settings: GenerationSettings, models: VExpressModels) -> int:
+    """Bytes decoding needs besides the weights: one VAE call's frames (one for "auto", which then
+    takes what is free)."""
+    frames = 1 if settings.decode_chunk == "auto" else settings.decode_chunk
+    return frames * decode_frame_memory(settings, models)
+
+
 def resolved_decode_chunk(settings: GenerationSettings, models: VExpressModels) -> int:
-    """`decode_chunk`, with "auto" resolved: 8 frames per VAE call on a GPU, 1 elsewhere."""
+    """`decode_chunk`, with "auto" resolved: on a GPU as many frames (at most 8) as fit in a share of
+    the free memory at this size, elsewhere 1."""
     if settings.decode_chunk != "auto":
         return settings.decode_chunk
-    return GPU_DECODE_CHUNK if models.device.type == "cuda" else HOST_DECODE_CHUNK
+    if models.device.type != "cuda":
+        return HOST_DECODE_CHUNK
+    fitting = int(free_gpu_memory(models.device) * GPU_MEMORY_SHARE // decode_frame_memory(settings, models))
+    return max(1, min(GPU_DECODE_CHUNK, fitting))
 
 
 def resolved_window_batch(settings: GenerationSettings, models: VExpressModels, num_frames: int) -> int:
@@ -190,13 +235,9 @@ def resolved_window_batch(settings: GenerationSettings, models: VExpressModels, 
         return settings.window_batch
     if models.device.type != "cuda":
         return 1
-    unet = models.denoising_unet
-    window = min(settings.context_frames, num_frames)
-    per_window = (2 * window * (settings.height // 8) * (settings.width // 8) * unet.config.block_out_channels[0]
-                  * unet.dtype.itemsize * WINDOW_ACTIVATION_FACTOR)
-    free, _ = torch.cuda.mem_get_info(models.device)
+    fitting = int(free_gpu_memory(models.device) * GPU_MEMORY_SHARE // window_memory(settings, models, num_frames))
     windows = len(context_windows(num_frames, settings.context_frames, settings.context_overlap))
-    return max(1, min(windows, int(free * GPU_MEMORY_SHARE // per_window)))
+    return max(1, min(windows, fitting))
 
 
 def check_track(track: KeypointTrack, num_frames: int, width: int, height: int) -> None:
@@ -246,10 +287,14 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     latents = latents.to(accumulation_dtype(models.denoising_unet.dtype))
     if not settings.latents_on_host:
         latents = latents.to(models.device)
+    shard = Shard.from_process_group()
+    # Processes sizing window_batch="auto" by their own free memory would cut the windows into batches
+    # differently and skip or repeat windows: all take the smallest.
+    window_batch = shard.smallest(resolved_window_batch(settings, models, num_frames))
     return sample(
         denoiser, latents, make_scheduler(settings.scheduler), settings.steps,
         context_frames=settings.context_frames, context_overlap=settings.context_overlap, blend=settings.blend,
-        window_batch=resolved_window_batch(settings, models, num_frames), generator=generator, eta=settings.eta, callback=callback, cancel=cancel,
+        window_batch=window_batch, generator=generator, eta=settings.eta, callback=callback, cancel=cancel, shard=shard,
     )
 
 
@@ -295,6 +340,12 @@ def generate(models: VExpressModels, reference: Reference, speech: Speech, track
              callback: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Generation:
     """The whole video in memory (what a ComfyUI IMAGE output needs)."""
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
+    return decoded_generation(models, final, speech, settings, cancel)
+
+
+def decoded_generation(models: VExpressModels, final: torch.Tensor, speech: Speech, settings: GenerationSettings,
+                       cancel: Callable[[], bool] | None = None) -> Generation:
+    """The video of final latents in memory, with the speech cut to it."""
     frames = np.concatenate(list(video_chunks(models, final, settings, cancel)))
     samples = int(round(len(frames) / settings.fps * SAMPLE_RATE))
     return Generation(frames, settings.fps, speech.waveform[:samples], final)
@@ -306,6 +357,12 @@ def write_video(models: VExpressModels, reference: Reference, speech: Speech, tr
     """Generate and stream frames into an H.264 mp4 with the speech muxed; written atomically."""
     check_output_path(out_path)
     final = denoise(models, reference, speech, track, settings, latents, callback, cancel)
+    return written_video(models, final, speech, settings, out_path, cancel)
+
+
+def written_video(models: VExpressModels, final: torch.Tensor, speech: Speech, settings: GenerationSettings,
+                  out_path: str | Path, cancel: Callable[[], bool] | None = None) -> Path:
+    """The frames of final latents streamed into an H.264 mp4 with the speech muxed; written atomically."""
     with VideoWriter(out_path, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
         for chunk in video_chunks(models, final, settings, cancel):
             writer.write(chunk)

@@ -8,6 +8,7 @@ The model call is composed as `guided(windowed(unet))`-style pure pieces:
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
@@ -208,16 +209,20 @@ def window_batches(windows: Sequence[Sequence[int]], batch_size: int) -> list[li
 @dataclass(frozen=True)
 class Shard:
     """This process's share of every step's window batches when several processes (one per GPU)
-    denoise one video: batch i belongs to rank i % world. Partial sums are added across processes
-    after each step, so every process steps identical latents."""
+    denoise one video: batch i belongs to rank i % world, so every process must cut the windows into
+    the same batches (`smallest` agrees on a batch size). Partial sums are added across processes
+    after each step, so every process steps identical latents; tensors in host memory are added over
+    `host_group` (see `host_process_group`)."""
 
     rank: int = 0
     world: int = 1
+    host_group: torch.distributed.ProcessGroup | None = None
 
     @classmethod
     def from_process_group(cls) -> "Shard":
+        """Every process of the group calls this at the same point (it may create a process group)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size(), host_process_group())
         return cls()
 
     def owns(self, batch_index: int) -> bool:
@@ -225,8 +230,30 @@ class Shard:
 
     def summed(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
-            torch.distributed.all_reduce(tensor)
+            torch.distributed.all_reduce(tensor, group=self.host_group if tensor.device.type == "cpu" else None)
         return tensor
+
+    def smallest(self, value: int) -> int:
+        """The smallest of every process's `value` (every process calls this)."""
+        if self.world == 1:
+            return value
+        values = torch.tensor([value])
+        torch.distributed.all_reduce(values, torch.distributed.ReduceOp.MIN, group=self.host_group)
+        return int(values)
+
+
+def host_process_group() -> torch.distributed.ProcessGroup | None:
+    """The group that adds host tensors: the default group (None) when its backend can, else a gloo
+    group over the same processes (NCCL, accelerate's multi-GPU backend, adds only CUDA tensors)."""
+    if "cpu:" in torch.distributed.get_backend_config():
+        return None
+    return _gloo_group(torch.distributed.group.WORLD)
+
+
+@functools.lru_cache(maxsize=1)
+def _gloo_group(world: torch.distributed.ProcessGroup) -> torch.distributed.ProcessGroup:
+    """One gloo group per default group `world` (a new one after the default group is re-created)."""
+    return torch.distributed.new_group(backend="gloo")
 
 
 @dataclass

@@ -128,7 +128,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     idle_device = torch.device("cpu") if args.low_vram else run_device
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
 
-    def using(names):
+    def using(names, working_memory=None):  # the CLI has the device to itself: nothing to make room for
         return placed(models, names, run_device, idle_device)
 
     reference = reference_phase(using, framing.framed_reference)

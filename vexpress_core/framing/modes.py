@@ -18,8 +18,8 @@ from .. import pipeline
 from ..audio import SAMPLE_RATE
 from ..detectors import FaceDetector
 from ..keypoints import KeypointTrack
-from ..offload import DECODING_NETWORKS, DENOISING_NETWORKS
-from ..orchestration import FramedReference, PreparedReference, Using, generation_settings
+from ..offload import DECODING_NETWORKS
+from ..orchestration import FramedReference, PreparedReference, Using, denoising_phase, generation_settings
 from ..pipeline import GenerationSettings, Speech
 from ..sampling import Progress
 from ..video import VideoWriter, read_video_frames, video_fps_and_length
@@ -149,8 +149,8 @@ def full_frame_video_phase(using: Using, framing: Framing, reference: PreparedRe
     """Generate, paste every crop back into its canvas frame and stream the full-resolution
     frames into an mp4 with the speech (written atomically: nothing is left on failure)."""
     settings = generation_settings(reference, speech, settings)
-    with using(DENOISING_NETWORKS + DECODING_NETWORKS) as models:
-        final = pipeline.denoise(models, reference.reference, speech, track, settings, callback=callback, cancel=cancel)
+    final = denoising_phase(using, reference, speech, track, settings, callback, cancel)
+    with using(DECODING_NETWORKS, lambda models: pipeline.decoding_memory(settings, models)) as models:
         with VideoWriter(out, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
             crops = pipeline.video_chunks(models, final, settings, cancel)
             for chunk in full_frame_chunks(crops, framing, speech.num_frames, settings.fps, paste, cancel):
