@@ -12,32 +12,15 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from vexpress_core.tiny import feature_extractor
+from vexpress_core.tiny import TINY_UNET_CONFIG, feature_extractor
 
 from .world import head_track, identity, render
 
 logger = logging.getLogger(__name__)
 
-TOY_UNET_CONFIG = {
-    "_class_name": "UNet2DConditionModel",
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [32, 64, 64, 64],
-    "center_input_sample": False,
-    "cross_attention_dim": 64,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 1,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 16,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
+# The tiny test model's SD1.5 layout, sized for 16x16 latents and 64-wide audio tokens.
+TOY_UNET_CONFIG = dict(TINY_UNET_CONFIG, block_out_channels=[32, 64, 64, 64], cross_attention_dim=64,
+                       layers_per_block=1, sample_size=16)
 
 
 def toy_wav2vec2(seed: int) -> Wav2Vec2Model:
