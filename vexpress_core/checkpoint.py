@@ -337,10 +337,9 @@ def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32
     unet_state, unet_label = denoising_state(paths)
     guider_cfg = guider_config(guider_state, str(paths.weights["v_kps_guider"]))
     projection_cfg = audio_projection_config(projection_state, str(paths.weights["audio_projection"]))
+    max_len = motion_max_len(unet_state)
     reference, unet, guider, projection = network_on_meta(
-        lambda: build_networks(unet_config, guider_cfg, projection_cfg, motion_max_len(unet_state)),
-        paths.unet_config,
-    )
+        lambda: build_networks(unet_config, guider_cfg, projection_cfg, max_len), paths.unet_config)
     reference = assign_weights(reference, reference_state, str(paths.weights["reference_net"]),
                                dtype, device, ignored=REFERENCE_NET_ABSENT_KEYS, built_from=paths.unet_config)
     del reference_state
