@@ -47,7 +47,7 @@ class VExpressMemoryOptions(Node):
     )
     INPUTS = (
         Int("window_batch", AUTO, 0, 16, "Windows per UNet call. 0 = auto (as many as fit in free GPU memory; 1 on CPU). 1 uses the least memory; 2-4 can be faster on large GPUs."),
-        Int("decode_chunk", AUTO, 0, 64, "Frames per VAE decode call. 0 = auto (8 on GPU; 1 on CPU, as published). Lower saves memory."),
+        Int("decode_chunk", AUTO, 0, 64, "Frames per VAE decode call. 0 = auto (as many as fit in free GPU memory at this size, at most 8; 1 on CPU, as published). Lower saves memory."),
         Boolean("vae_tiling", MEMORY.vae_tiling, "Decode in spatial tiles: for large sizes on small GPUs (slower)."),
         Boolean("compile", MEMORY.compile, "torch.compile the UNet (slow first run, then faster on GPUs; falls back to eager on failure)."),
     )

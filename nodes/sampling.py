@@ -59,7 +59,7 @@ class VExpressSampler(Node):
         Int("seed", 42, 0, 0xFFFFFFFFFFFFFFFF, "Initial noise seed (CPU generator, so seeds match the published code).", control_after_generate=True),
         Boolean("deflicker", True, "Apply the published 3x3x3 median filter over time and space. Recommended on."),
         Link("window_options", WINDOW_OPTIONS, "Optional, from V-Express Window Options. Unconnected: 24 frames per window, overlap 4, mean blend (published).", optional=True),
-        Link("memory_options", MEMORY_OPTIONS, "Optional, from V-Express Memory / Speed Options. Unconnected: 1 window per UNet call, 8 frames per VAE decode, no tiling, no compile.", optional=True),
+        Link("memory_options", MEMORY_OPTIONS, "Optional, from V-Express Memory / Speed Options. Unconnected: windows per UNet call and frames per VAE decode by free GPU memory (1 each on CPU), no tiling, no compile.", optional=True),
         Boolean("previews", True, "Show the current window's frames on the node while sampling (a cheap latent-to-RGB projection, no VAE; at most 2 per second, size from ComfyUI's --preview-size). Off = no pictures; the video is the same either way.", optional=True),
     )
     OUTPUTS = (

@@ -28,10 +28,9 @@ from cuda_on_cpu import GPU, HOST, TOTAL_BYTES, cuda_on_the_cpu, placed_on
 from fake_comfyui import FakeModelPatcher, comfy  # noqa: F401 (comfy: a fixture)
 from vexpress_core import pipeline
 from vexpress_core.audio import encode_audio, load_audio_encoder, normalised_input, synthetic_speech
-from vexpress_core.models import VExpressUNet, build_reference_net, reference_features
 from vexpress_core.checkpoint import WEIGHT_NAMES, load_models, read_state_dict, weight_file
 from vexpress_core.frame_cache import FrameCache
-from vexpress_core.models import processor
+from vexpress_core.models import VExpressUNet, build_reference_net, processor, reference_features
 from vexpress_core.offload import DECODING_NETWORKS, DENOISING_NETWORKS
 from vexpress_core.orchestration import FramedReference, reference_phase, track_phase
 from vexpress_core.pipeline import audio_token_source, denoise, kps_feature_source
@@ -354,34 +353,6 @@ def test_08_gradient_checkpointing_with_diffusers_030(job, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# 10. fp16 end to end
-
-
-def test_10_fp16_node_graph_matches_fp32(tiny_model_dir, monkeypatch):
-    """fp16, what "auto" gives on CUDA, through the nodes on the CPU: reference, speech longer than an
-    encoder chunk (chunks of 1 s stand in for 30 s; the first conv at wav2vec2-base's scale, see item
-    6), denoising with guidance and decoding. Every stage stays finite and near the fp32 run."""
-    monkeypatch.setattr(pipeline, "encode_audio", functools.partial(encode_audio, chunk_seconds=1.0, overlap_seconds=0.25))
-    waveform = synthetic_speech(2.5)
-    _, loud = loud_first_conv_encoder(tiny_model_dir, waveform)
-    runs = {}
-    for dtype in ("fp32", "fp16"):
-        handle = load_handle(tiny_model_dir.parent, model=tiny_model_dir.name, dtype=dtype)
-        handle.models.audio_encoder.load_state_dict(loud.state_dict())
-        inputs = sampler_inputs(handle, {"waveform": torch.from_numpy(waveform)[None, None], "sample_rate": 16000}, fps=4.0)
-        images, _, _ = BY_ID["VExpressSampler"].run(**inputs)
-        runs[dtype] = inputs["reference"].reference.latents.float(), inputs["speech"].speech.hidden, images
-    assert handle.dtype == torch.float16 and next(handle.models.denoising_unet.parameters()).dtype == torch.float16
-    (reference, speech, images), (half_reference, half_speech, half_images) = runs["fp32"], runs["fp16"]
-    assert all(torch.isfinite(values).all() for values in runs["fp16"])
-    assert (half_reference - reference).abs().max().item() < 1e-2
-    assert (half_speech - speech).abs().max().item() < 0.05
-    # Guidance on the tiny random UNet amplifies rounding (single pixels move by up to 0.17 of the
-    # range); on average fp16 frames stay within 0.03 (the fp16 speech bug gave 0.085).
-    assert (half_images - images).abs().mean().item() < 0.03
-
-
-# ------------------------------------------------------------------------------------------------
 # 9. Smaller: pinned host memory, torch.compile failing at compile() time, eta > 0 with host latents
 
 
@@ -425,3 +396,31 @@ def test_09_compile_failing_before_any_call_falls_back_to_eager(job, monkeypatch
     with pytest.warns(UserWarning, match="running VExpressUNet eagerly: torch.compile is not supported"):
         compiled = final_latents(job, compile=True)
     assert torch.equal(compiled, final_latents(job))
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. fp16 end to end
+
+
+def test_10_fp16_node_graph_matches_fp32(tiny_model_dir, monkeypatch):
+    """fp16, what "auto" gives on CUDA, through the nodes on the CPU: reference, speech longer than an
+    encoder chunk (chunks of 1 s stand in for 30 s; the first conv at wav2vec2-base's scale, see item
+    6), denoising with guidance and decoding. Every stage stays finite and near the fp32 run."""
+    monkeypatch.setattr(pipeline, "encode_audio", functools.partial(encode_audio, chunk_seconds=1.0, overlap_seconds=0.25))
+    waveform = synthetic_speech(2.5)
+    _, loud = loud_first_conv_encoder(tiny_model_dir, waveform)
+    runs = {}
+    for dtype in ("fp32", "fp16"):
+        handle = load_handle(tiny_model_dir.parent, model=tiny_model_dir.name, dtype=dtype)
+        handle.models.audio_encoder.load_state_dict(loud.state_dict())
+        inputs = sampler_inputs(handle, {"waveform": torch.from_numpy(waveform)[None, None], "sample_rate": 16000}, fps=4.0)
+        images, _, _ = BY_ID["VExpressSampler"].run(**inputs)
+        runs[dtype] = inputs["reference"].reference.latents.float(), inputs["speech"].speech.hidden, images
+    assert handle.dtype == torch.float16 and next(handle.models.denoising_unet.parameters()).dtype == torch.float16
+    (reference, speech, images), (half_reference, half_speech, half_images) = runs["fp32"], runs["fp16"]
+    assert all(torch.isfinite(values).all() for values in runs["fp16"])
+    assert (half_reference - reference).abs().max().item() < 1e-2
+    assert (half_speech - speech).abs().max().item() < 0.05
+    # Guidance on the tiny random UNet amplifies rounding (single pixels move by up to 0.17 of the
+    # range); on average fp16 frames stay within 0.03 (the fp16 speech bug gave 0.085).
+    assert (half_images - images).abs().mean().item() < 0.03
