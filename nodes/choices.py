@@ -6,6 +6,7 @@ import torch
 
 from vexpress_core.dtypes import AUTO, DTYPES
 from vexpress_core.detectors import DETECTORS
+from vexpress_core.framing import PASTE_REGIONS
 from vexpress_core.keypoints import RESAMPLE_MODES, RETARGET_MODES
 from vexpress_core.orchestration import CROP_MODES
 from vexpress_core.sampling import BLEND_WEIGHTS, SCHEDULERS
@@ -41,3 +42,7 @@ def blend_names() -> list[str]:
 
 def scheduler_names() -> list[str]:
     return list(SCHEDULERS.names())
+
+
+def paste_region_names() -> list[str]:
+    return [AUTO, *PASTE_REGIONS.names()]

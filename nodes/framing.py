@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from vexpress_core.framing import (
+    AUTO,
     DEFAULT_FEATHER,
     DEFAULT_MARGIN,
     CropPlan,
@@ -16,6 +17,7 @@ from vexpress_core.framing import (
     pasted_chunks,
     pingpong_indices,
     plan_from_observations,
+    resolved_paste_region,
 )
 from vexpress_core.framing.modes import crop_track, most_frontal_frame
 
@@ -88,7 +90,8 @@ class VExpressPasteBack(Node):
     DISPLAY_NAME = "V-Express Paste Back"
     DESCRIPTION = (
         "Puts the generated face crops back into the original photo or video frames at full resolution, through a "
-        "soft head-shaped mask, optionally matching the colours around the seam. With a photo every frame uses it; "
+        "soft mask of the paste region (the whole head, or only the lower face so that a dubbed video keeps its own "
+        "eyes and expression), optionally matching the colours around the seam. With a photo every frame uses it; "
         "with video frames, generated frame i goes into original frame i (back and forth when there are more "
         "generated frames). Odd sizes lose their last row/column so H.264 accepts them."
     )
@@ -96,14 +99,15 @@ class VExpressPasteBack(Node):
         Link("images", IMAGE, "The generated frames (V-Express Sampler), at the crop size."),
         Link("crop_plan", CROP_PLAN, "From Face Crop, made from the same original frames."),
         Link("original", IMAGE, "The full-resolution photo or video frames that went into Face Crop."),
+        Combo("paste_region", choices.paste_region_names, "What is pasted back. head = the whole generated head; lower-face = below the eyes, cheek to cheek, down past the chin, following the face in every frame (the original eyes, brows and expression stay: dubbing). auto = lower-face for video frames, head for a photo.", default=AUTO),
         Float("feather", DEFAULT_FEATHER, 0.0, 0.5, "Width of the mask's soft edge as a fraction of the crop size. 0.05-0.12 hides the seam; 0 = hard edge.", step=0.01),
-        Boolean("color_match", True, "Match the generated head's colours (mean and contrast in Lab) to the original around the seam."),
+        Boolean("color_match", True, "Match the generated face's colours (mean and contrast in Lab) to the original around the seam."),
         Float("fps", 0.0, 0.0, 120.0, "Frame rate of the generated frames; 0 = the crop plan's (one generated frame per original frame). Set it when the Sampler ran at another fps than the video.", step=0.01),
     )
     OUTPUTS = (Output(IMAGE, "images", "The full-resolution frames, one per generated frame."),)
 
     @classmethod
-    def execute(cls, images, crop_plan: CropPlan, original, feather, color_match, fps):
+    def execute(cls, images, crop_plan: CropPlan, original, paste_region, feather, color_match, fps):
         if len(images) < 1:
             raise ValueError("Paste Back got no generated frames")
         if len(original) != len(crop_plan):
@@ -118,7 +122,8 @@ class VExpressPasteBack(Node):
         result = torch.empty((len(images), height, width, 3), dtype=torch.float32)
         generated = (image_to_uint8(frame) for frame in images)
         canvas = (image_to_uint8(original[i]) for i in indices)
-        settings = PasteSettings(feather=feather, colour_match=color_match)
+        region = resolved_paste_region(paste_region, dubbing=len(original) > 1)
+        settings = PasteSettings(feather=feather, colour_match=color_match, region=region)
         progress = runtime.frame_progress(len(images))
         done = 0
         for chunk in pasted_chunks(generated, canvas, crop_plan, indices, settings, _cancel, progress):

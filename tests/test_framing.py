@@ -15,10 +15,10 @@ from vexpress_core.framing import (
     PasteSettings,
     crop_frame,
     even_size,
-    head_mask,
     kps_in_crop,
     observe_faces,
     paste_into,
+    paste_mask,
     pasted_chunks,
     photo_crop_plan,
     pingpong_indices,
@@ -189,7 +189,7 @@ def test_outside_the_mask_the_original_stays_inside_it_the_generated_crop():
     (out,) = pasted_chunks([generated[None]], [image], plan, settings=PasteSettings(feather=0.1, colour_match=False))
     assert out.shape == (1, 480, 640, 3)
     left, top, width, height = pixel_box(plan.boxes[0])
-    mask, _ = head_mask(width, height, plan.face_boxes[0] - [left, top, left, top], 0.1)
+    mask, _ = paste_mask(plan, 0, "head", 0.1)
     full_mask = np.zeros(image.shape[:2], np.float32)
     full_mask[top:top + height, left:left + width] = mask
     full_mask = full_mask[:480, :640]
@@ -203,9 +203,9 @@ def test_outside_the_mask_the_original_stays_inside_it_the_generated_crop():
 
 
 def test_the_feather_width_is_a_parameter():
-    face = np.array([100, 100, 300, 340])
-    narrow, _ = head_mask(400, 440, face, 0.02)
-    wide, _ = head_mask(400, 440, face, 0.15)
+    plan = one_box_plan((800, 600), (400, 300), face=200)
+    narrow, _ = paste_mask(plan, 0, "head", 0.02)
+    wide, _ = paste_mask(plan, 0, "head", 0.15)
     zone = lambda mask: int(((mask > 0) & (mask < 1)).sum())  # noqa: E731
     assert zone(wide) > 4 * zone(narrow)
 
@@ -216,7 +216,7 @@ def test_colour_match_cuts_the_seam_error_at_least_5x():
     perfect = crop_frame(image, plan, 0)
     cast = np.clip(perfect.astype(np.float32) * [0.8, 1.05, 1.15] + [25, -10, 5], 0, 255).astype(np.uint8)
     left, top, width, height = pixel_box(plan.boxes[0])
-    _, ring = head_mask(width, height, plan.face_boxes[0] - [left, top, left, top], 0.08)
+    _, ring = paste_mask(plan, 0, "head", 0.08)
 
     def seam_error(colour):
         canvas = image.copy()

@@ -33,8 +33,8 @@ def test_photo_crop_and_paste_back_keep_the_photo_outside_the_mask(portrait):
     assert isinstance(plan, CropPlan) and plan.frame_size == (281, 161) and len(plan) == 1
     assert isinstance(kps, KeypointTrack) and kps.frame_size == (64, 64) and len(kps) == 1
     generated = torch.zeros((5, 64, 64, 3))
-    (frames,) = VExpressPasteBack.run(images=generated, crop_plan=plan, original=photo, feather=0.08,
-                                      color_match=False, fps=0.0)
+    (frames,) = VExpressPasteBack.run(images=generated, crop_plan=plan, original=photo, paste_region="head",
+                                      feather=0.08, color_match=False, fps=0.0)
     assert frames.shape == (5, 160, 280, 3)  # odd sizes lose the last row and column
     assert torch.equal(frames[:, :, :40], photo[:, :160, :40].expand(5, -1, -1, -1))  # far from the face
     assert (frames[:, 80, 140] < photo[0, 80, 140]).all()  # the (black) generated face is in the middle
@@ -51,7 +51,7 @@ def test_video_frames_map_back_and_forth_with_progress(portrait, monkeypatch):
     crops, plan, kps, _ = VExpressFaceCrop.run(images=images, **CROP_INPUTS)
     assert len(plan) == 3 and plan.fps == 25.0 and len(kps) == 3 and kps.fps == 25.0
     (frames,) = VExpressPasteBack.run(images=torch.cat([crops, crops, crops[:1]]), crop_plan=plan, original=images,
-                                      feather=0.08, color_match=True, fps=0.0)
+                                      paste_region="head", feather=0.08, color_match=True, fps=0.0)
     markers = [round(float(frames[i, 2, 2, 0]) * 255) for i in range(7)]
     assert markers == [10, 120, 230, 120, 10, 120, 230]
     assert len(calls) >= 3 * 2 + 7  # detection, cropping and pasting report per frame (and honour Cancel)
@@ -69,8 +69,8 @@ def test_cancel_stops_paste_back(portrait, monkeypatch):
 
     monkeypatch.setattr(runtime, "check_interrupted", interrupt)
     with pytest.raises(Interrupted):
-        VExpressPasteBack.run(images=torch.zeros((3, 64, 64, 3)), crop_plan=plan, original=photo, feather=0.08,
-                              color_match=True, fps=0.0)
+        VExpressPasteBack.run(images=torch.zeros((3, 64, 64, 3)), crop_plan=plan, original=photo, paste_region="head",
+                              feather=0.08, color_match=True, fps=0.0)
 
 
 def test_bad_input_gives_clear_errors(portrait):
@@ -83,7 +83,7 @@ def test_bad_input_gives_clear_errors(portrait):
     _, plan, _, _ = VExpressFaceCrop.run(images=photo, **CROP_INPUTS)
     with pytest.raises(ValueError, match="the crop plan is for 1 frame"):
         VExpressPasteBack.run(images=torch.zeros((1, 64, 64, 3)), crop_plan=plan, original=photo.expand(2, -1, -1, -1),
-                              feather=0.08, color_match=True, fps=0.0)
+                              paste_region="head", feather=0.08, color_match=True, fps=0.0)
     with pytest.raises(ValueError, match="the crop plan is for 281x161 frames"):
-        VExpressPasteBack.run(images=torch.zeros((1, 64, 64, 3)), crop_plan=plan, original=grey[:1], feather=0.08,
-                              color_match=True, fps=0.0)
+        VExpressPasteBack.run(images=torch.zeros((1, 64, 64, 3)), crop_plan=plan, original=grey[:1],
+                              paste_region="head", feather=0.08, color_match=True, fps=0.0)

@@ -98,9 +98,10 @@ def face_margin(args: argparse.Namespace) -> float:
 
 
 def run_generate(args: argparse.Namespace) -> Path:
-    from .framing.commands import is_full_frame, run_full_frame
+    from .framing.commands import check_framing_args, is_full_frame, run_full_frame
 
     args = argparse.Namespace(**{**vars(args), "face_margin": face_margin(args)})
+    check_framing_args(args)
     if is_full_frame(args):
         return run_full_frame(args)
     if not args.reference:

@@ -5,11 +5,14 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from .blend import DEFAULT_FEATHER
+import numpy as np
+
+from .blend import AUTO, DEFAULT_FEATHER, HEAD, LOWER_FACE, PASTE_REGIONS, resolved_paste_region
 from .plan import DEFAULT_MARGIN
 from .stream import PasteSettings
 
 CROP_PLAN_SUFFIX = ".crop_plan.json"
+PASTE_MASK_SUFFIX = ".paste_mask_{frame}.png"
 
 
 def add_framing_options(generate: argparse.ArgumentParser) -> None:
@@ -27,13 +30,22 @@ def add_framing_options(generate: argparse.ArgumentParser) -> None:
     group.add_argument("--face-margin", type=float, default=DEFAULT_MARGIN,
                        help=f"room around the face box on each side, as a fraction of the face size (default "
                             f"{DEFAULT_MARGIN} with --paste-back/--dub: the samples' framing; 0.6 for --crop face)")
+    group.add_argument("--paste-region", choices=(AUTO, *PASTE_REGIONS.names()), default=AUTO,
+                       help=f"what is pasted back: {HEAD} (the whole generated head) or {LOWER_FACE} (below the "
+                            f"eyes, cheek to cheek, down past the chin: the original eyes, brows and expression "
+                            f"stay). Default {AUTO}: {resolved_paste_region(AUTO, True)} with --dub, "
+                            f"{resolved_paste_region(AUTO, False)} with --paste-back")
     group.add_argument("--feather", type=float, default=DEFAULT_FEATHER,
-                       help=f"width of the soft edge of the pasted head, as a fraction of the crop size "
+                       help=f"width of the soft edge of the pasted region, as a fraction of the crop size "
                             f"(default {DEFAULT_FEATHER}; 0 = hard edge)")
     group.add_argument("--color-match", action=argparse.BooleanOptionalAction, default=True,
                        help="match the generated head's colours to the original around the seam (default on)")
     group.add_argument("--save-crop-plan", nargs="?", const="", metavar="PATH",
                        help=f"write the crop plan as JSON (default PATH: the video's name + {CROP_PLAN_SUFFIX})")
+    group.add_argument("--save-paste-mask", type=int, metavar="FRAME",
+                       help=f"write frame FRAME of the --dub video (0 for the photo) as a PNG whose transparency is "
+                            f"the paste mask: opaque where the generated face goes in, transparent where the "
+                            f"original stays (next to the video: its name + {PASTE_MASK_SUFFIX.format(frame='FRAME')})")
 
 
 def is_full_frame(args: argparse.Namespace) -> bool:
@@ -41,6 +53,8 @@ def is_full_frame(args: argparse.Namespace) -> bool:
 
 
 def check_framing_args(args: argparse.Namespace) -> None:
+    if not is_full_frame(args) and (args.paste_region != AUTO or args.save_paste_mask is not None):
+        raise ValueError("--paste-region and --save-paste-mask are for pasting back: add --paste-back or --dub VIDEO")
     if args.dub and args.paste_back:
         raise ValueError("--dub already pastes back into the video; drop --paste-back")
     if args.dub and (args.kps or args.driving_video or args.retarget):
@@ -75,6 +89,26 @@ def crop_plan_path(args: argparse.Namespace, out: Path) -> Path | None:
     return Path(args.save_crop_plan) if args.save_crop_plan else out.with_name(out.stem + CROP_PLAN_SUFFIX)
 
 
+def paste_mask_path(args: argparse.Namespace, out: Path) -> Path | None:
+    if args.save_paste_mask is None:
+        return None
+    return out.with_name(out.stem + PASTE_MASK_SUFFIX.format(frame=args.save_paste_mask))
+
+
+def check_paste_mask_frame(args: argparse.Namespace, frames: int | None, holder: str = "the crop plan") -> None:
+    if args.save_paste_mask is not None and not 0 <= args.save_paste_mask < (frames or args.save_paste_mask + 1):
+        raise ValueError(f"--save-paste-mask {args.save_paste_mask} is out of range: {holder} has frames "
+                         f"0 to {frames - 1}")
+
+
+def save_rgba(picture: np.ndarray, path: Path) -> Path:
+    import cv2
+
+    if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGBA2BGRA)):
+        raise OSError(f"could not write {path}")
+    return path
+
+
 def run_full_frame(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
@@ -97,9 +131,17 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     plan_path = crop_plan_path(args, out)
     if plan_path is not None:
         check_output_path(plan_path)
+    if args.dub:
+        check_paste_mask_frame(args, video_fps_and_length(args.dub)[1], f"video {args.dub}")
+    else:
+        check_paste_mask_frame(args, 1, "the photo")
+    mask_path = paste_mask_path(args, out)
+    if mask_path is not None:
+        check_output_path(mask_path)
     checked_model_folder(args.models, args.weights)
     device = cli.checked_device(args.device)
-    paste = PasteSettings(feather=args.feather, colour_match=args.color_match)
+    region = resolved_paste_region(args.paste_region, dubbing=bool(args.dub))
+    paste = PasteSettings(feather=args.feather, colour_match=args.color_match, region=region)
     margin = DEFAULT_MARGIN if args.face_margin is None else args.face_margin
     width, height = settings.width, settings.height
     if args.dub:
@@ -124,6 +166,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
         framing = frame_photo(photo, detector, width, height, margin, args.face_index)
         if args.driving_video:
             driving = driving_track(driving_video=args.driving_video, detector=detector, face_index=args.face_index)
+    check_paste_mask_frame(args, len(framing.plan))
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
     models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
@@ -142,7 +185,9 @@ def run_full_frame(args: argparse.Namespace) -> Path:
         full_frame_video_phase(using, framing, reference, speech, track, settings, out, paste, callback=update)
     if plan_path is not None:
         framing.plan.save(plan_path)
+    if mask_path is not None:
+        save_rgba(framing.mask_preview(args.save_paste_mask, paste), mask_path)
     size = "x".join(str(v) for v in framing.plan.frame_size)
-    print(f"wrote {out}: {speech.num_frames} frames at {settings.fps:g} fps, pasted back into the {size} "
+    print(f"wrote {out}: {speech.num_frames} frames at {settings.fps:g} fps, the {region} pasted back into the {size} "
           f"{'video' if framing.video is not None else 'photo'}")
     return out

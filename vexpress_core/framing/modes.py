@@ -1,9 +1,10 @@
 """The two full-frame modes.
 
-Photo animation: the photo is the canvas of every frame; only the head region comes from the
-generated video. Video dubbing: the video is both the driving input (its own faces give the V-Kps
-track, in crop pixels) and the canvas; output frame i goes into the video frame it shows, the video
-playing back and forth when the speech is longer and stopping with the speech when shorter.
+Photo animation: the photo is the canvas of every frame; only the paste region (by default the
+head) comes from the generated video. Video dubbing: the video is both the driving input (its own
+faces give the V-Kps track, in crop pixels) and the canvas; output frame i goes into the video frame
+it shows, the video playing back and forth when the speech is longer and stopping with the speech
+when shorter; by default only the lower face is pasted, so the video keeps its own eyes.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .plan import (
     photo_crop_plan,
     plan_from_observations,
 )
+from .blend import frame_mask
 from .resample import crop_frame
 from .stream import PasteSettings, pasted_chunks, pingpong_indices, video_frames_at
 
@@ -63,6 +65,12 @@ class Framing:
         if self.video is None:
             return itertools.repeat(self.photo, len(indices))
         return video_frames_at(self.video, indices, block)
+
+    def mask_preview(self, index: int, paste: PasteSettings) -> np.ndarray:
+        """Canvas frame `index` as RGBA uint8 [h,w,4] whose alpha is its paste mask (255 = generated)."""
+        (frame,) = self.canvas(np.array([index]), 1)
+        alpha = np.rint(255 * frame_mask(self.plan, index, paste.region, paste.feather)).astype(np.uint8)
+        return np.dstack([frame, alpha])
 
     @property
     def framed_reference(self) -> FramedReference:
@@ -142,17 +150,26 @@ def full_frame_chunks(crops: Iterator[np.ndarray], framing: Framing, num_frames:
     return pasted_chunks(crops, framing.canvas(indices, paste.chunk), framing.plan, indices, paste, cancel, progress)
 
 
+def full_frame_video(using: Using, framing: Framing, reference: PreparedReference, speech: Speech,
+                     track: KeypointTrack, settings: GenerationSettings, paste: PasteSettings = PasteSettings(),
+                     callback: Callable[[Progress], None] | None = None,
+                     cancel: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
+    """Generate, then paste every crop back into its canvas frame: full-resolution uint8 chunks,
+    made as they are taken."""
+    settings = generation_settings(reference, speech, settings)
+    final = denoising_phase(using, reference, speech, track, settings, callback, cancel)
+    with using(DECODING_NETWORKS, lambda models: pipeline.decoding_memory(settings, models)) as models:
+        crops = pipeline.video_chunks(models, final, settings, cancel)
+        yield from full_frame_chunks(crops, framing, speech.num_frames, settings.fps, paste, cancel)
+
+
 def full_frame_video_phase(using: Using, framing: Framing, reference: PreparedReference, speech: Speech,
                            track: KeypointTrack, settings: GenerationSettings, out: str | Path,
                            paste: PasteSettings = PasteSettings(), callback: Callable[[Progress], None] | None = None,
                            cancel: Callable[[], bool] | None = None) -> Path:
-    """Generate, paste every crop back into its canvas frame and stream the full-resolution
-    frames into an mp4 with the speech (written atomically: nothing is left on failure)."""
-    settings = generation_settings(reference, speech, settings)
-    final = denoising_phase(using, reference, speech, track, settings, callback, cancel)
-    with using(DECODING_NETWORKS, lambda models: pipeline.decoding_memory(settings, models)) as models:
-        with VideoWriter(out, settings.fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
-            crops = pipeline.video_chunks(models, final, settings, cancel)
-            for chunk in full_frame_chunks(crops, framing, speech.num_frames, settings.fps, paste, cancel):
-                writer.write(chunk)
+    """`full_frame_video` streamed into an mp4 with the speech (written atomically: nothing is left on failure)."""
+    fps = generation_settings(reference, speech, settings).fps
+    with VideoWriter(out, fps, audio=(speech.waveform, SAMPLE_RATE)) as writer:
+        for chunk in full_frame_video(using, framing, reference, speech, track, settings, paste, callback, cancel):
+            writer.write(chunk)
     return Path(out)

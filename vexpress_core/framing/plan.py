@@ -19,7 +19,7 @@ import numpy as np
 
 from ..detectors import Face, FaceDetector, select_face
 
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2
 DEFAULT_MARGIN = 0.3
 DEFAULT_SMOOTHING_SECONDS = 0.2
 FACE_SIZE_QUANTILE = 0.9  # the shot's box holds the face at its 90th-percentile size
@@ -49,13 +49,16 @@ class FaceObservations:
 class CropPlan:
     """Per-frame crop boxes float [N,4] (x0, y0, x1, y1) in pixels of the original `frame_size`
     (width, height), of aspect `crop_size` (the generation width, height); `face_boxes` [N,4] the
-    smoothed face box per frame (it shapes the paste-back mask); `valid` frames had a detected
-    face; `shots` int [N] numbers the shots (one box size per shot)."""
+    smoothed face box per frame (it shapes the head paste region); `kps` [N,3,2] the face's (left
+    eye, right eye, nose) per frame in original pixels, as detected, frames without a face
+    interpolated (they shape the lower-face paste region); `valid` frames had a detected face;
+    `shots` int [N] numbers the shots (one box size per shot)."""
 
     frame_size: tuple[int, int]
     crop_size: tuple[int, int]
     boxes: np.ndarray
     face_boxes: np.ndarray
+    kps: np.ndarray
     valid: np.ndarray
     shots: np.ndarray
     fps: float | None = None
@@ -73,7 +76,8 @@ class CropPlan:
             if len(size) != 2 or min(size) <= 0:
                 raise ValueError(f"crop plan {name} must be (width, height) > 0, got {getattr(self, name)}")
             object.__setattr__(self, name, size)
-        arrays = {"face_boxes": (np.float64, (count, 4)), "valid": (bool, (count,)), "shots": (np.int64, (count,))}
+        arrays = {"face_boxes": (np.float64, (count, 4)), "kps": (np.float64, (count, 3, 2)), "valid": (bool, (count,)),
+                  "shots": (np.int64, (count,))}
         for name, (dtype, shape) in arrays.items():
             value = np.asarray(getattr(self, name), dtype)
             if value.shape != shape:
@@ -94,6 +98,7 @@ class CropPlan:
             "margin": self.margin,
             "boxes": self.boxes.round(3).tolist(),
             "face_boxes": self.face_boxes.round(3).tolist(),
+            "kps": self.kps.round(3).tolist(),
             "valid": self.valid.tolist(),
             "shots": self.shots.tolist(),
         }
@@ -102,7 +107,7 @@ class CropPlan:
     def from_dict(cls, record: dict) -> CropPlan:
         if record.get("version") != PLAN_FORMAT_VERSION:
             raise ValueError(f"crop plan version {record.get('version')!r} is not {PLAN_FORMAT_VERSION}")
-        fields = ("frame_size", "crop_size", "boxes", "face_boxes", "valid", "shots", "fps", "margin")
+        fields = ("frame_size", "crop_size", "boxes", "face_boxes", "kps", "valid", "shots", "fps", "margin")
         return cls(**{name: record[name] for name in fields})
 
     def save(self, path: str | Path) -> Path:
@@ -243,7 +248,8 @@ def plan_from_observations(observations: FaceObservations, crop_size: tuple[int,
                            smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS) -> CropPlan:
     """A crop plan from per-frame faces: per shot, one box size; centres filled where no face
     was found and smoothed over time with a Gaussian of `smoothing_seconds` (frames at 30 fps
-    when the fps is unknown)."""
+    when the fps is unknown); keypoints filled but not smoothed (the generated face follows them
+    as detected, and so must the lower-face mask)."""
     if margin < 0:
         raise ValueError(f"face margin must be >= 0, got {margin}")
     boxes, valid = observations.boxes, observations.valid
@@ -251,6 +257,7 @@ def plan_from_observations(observations: FaceObservations, crop_size: tuple[int,
     sigma = smoothing_seconds * (observations.fps or 30.0)
     frame_width, frame_height = observations.frame_size
     crop_boxes, face_boxes = np.zeros((len(boxes), 4)), np.zeros((len(boxes), 4))
+    kps = np.zeros((len(boxes), 3, 2))
     for shot in np.unique(shots):
         rows = shots == shot
         shot_valid = valid[rows]
@@ -265,7 +272,8 @@ def plan_from_observations(observations: FaceObservations, crop_size: tuple[int,
         crop_boxes[rows] = np.stack([left, top, left + width, top + height], axis=-1)
         half = np.array([face_width, face_height]) / 2
         face_boxes[rows] = np.concatenate([centres - half, centres + half], axis=-1)
-    return CropPlan(observations.frame_size, crop_size, crop_boxes, face_boxes, valid, shots,
+        kps[rows] = filled_gaps(observations.kps[rows, :3].reshape(-1, 6), shot_valid).reshape(-1, 3, 2)
+    return CropPlan(observations.frame_size, crop_size, crop_boxes, face_boxes, kps, valid, shots,
                     observations.fps, margin)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sampling import Cancelled
-from .blend import DEFAULT_FEATHER, ColourMatch, paste_into
+from .blend import DEFAULT_FEATHER, HEAD, PASTE_REGIONS, ColourMatch, paste_into
 from .plan import CropPlan
 from .resample import crop_frame, even_size
 
@@ -19,7 +19,8 @@ CHUNK_BYTES = 256 * 2**20  # fewer frames per chunk when frames are huge (8K: 2)
 
 @dataclass(frozen=True)
 class PasteSettings:
-    """`feather`: width of the mask's soft edge as a fraction of the crop box's shorter side;
+    """`region`: which part of the generated crop is pasted (a PASTE_REGIONS name);
+    `feather`: width of the mask's soft edge as a fraction of the crop box's shorter side;
     `colour_match`: match the generated crop's colours to the original around the seam;
     `colour_memory`: how much of the previous frames' colour statistics each frame keeps."""
 
@@ -27,8 +28,11 @@ class PasteSettings:
     colour_match: bool = True
     colour_memory: float = 0.8
     chunk: int = DEFAULT_CHUNK
+    region: str = HEAD
 
     def __post_init__(self) -> None:
+        if self.region not in PASTE_REGIONS:
+            raise ValueError(f"paste region must be one of {', '.join(PASTE_REGIONS.names())}, got {self.region!r}")
         if not 0.0 <= self.feather <= 0.5:
             raise ValueError(f"feather must be in [0, 0.5] (a fraction of the crop size), got {self.feather}")
         if self.chunk < 1:
@@ -81,7 +85,7 @@ def pasted_chunks(generated: Iterable[np.ndarray], originals: Iterable[np.ndarra
         if buffer is None:
             buffer, filled = np.empty((chunk, height, width, 3), np.uint8), 0
         buffer[filled] = original[:height, :width]
-        paste_into(buffer[filled], crop, plan, entry, settings.feather, colour)
+        paste_into(buffer[filled], crop, plan, entry, settings.feather, colour, settings.region)
         filled += 1
         if progress is not None:
             progress(index + 1)
