@@ -239,7 +239,8 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     conditions = Conditions(reference.features, audio_tokens, kps_features)
     unet = CompiledWithFallback(models.denoising_unet) if settings.compile else models.denoising_unet
     denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
-                              settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
+                              settings.reference_weight, settings.audio_weight, settings.cache_reference_kv,
+                              guidance_interval=settings.speed.guidance_interval, cache=settings.speed.cache_policy)
     generator = torch.Generator(device=models.device).manual_seed(settings.seed)
     latents = latents.to(accumulation_dtype(models.denoising_unet.dtype))
     if settings.latents_on_host:
