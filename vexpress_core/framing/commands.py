@@ -104,7 +104,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     device = args.device or cli.default_device()
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
-    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device, args.weight_storage)
 
     def using(names):
         return placed(models, names, run_device, idle_device)
