@@ -8,7 +8,9 @@ from vexpress_core.dtypes import AUTO, DTYPES
 from vexpress_core.detectors import DETECTORS
 from vexpress_core.keypoints import RESAMPLE_MODES, RETARGET_MODES
 from vexpress_core.orchestration import CROP_MODES
+from vexpress_core.presets import PRESETS
 from vexpress_core.sampling import BLEND_WEIGHTS, SCHEDULERS
+from vexpress_core.weight_storage import WEIGHT_STORAGES
 
 
 def dtype_names() -> list[str]:
@@ -41,3 +43,11 @@ def blend_names() -> list[str]:
 
 def scheduler_names() -> list[str]:
     return list(SCHEDULERS.names())
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS.names())
+
+
+def weight_storage_names() -> list[str]:
+    return list(WEIGHT_STORAGES.names())
