@@ -36,7 +36,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=defaults.height, help="output height, a multiple of 8")
     parser.add_argument("--fps", type=float, help=f"frames per second (default {defaults.fps:g}; with --dub the video's)")
     parser.add_argument("--preset", choices=PRESETS.names(), default=DEFAULT_PRESET,
-                        help="; ".join(f"{name}: {PRESETS[name].summary}" for name in PRESETS.names())
+                        help="; ".join(f"{name}: {PRESETS[name].summary}" for name in PRESETS.names()).replace("%", "%%")
                              + ". Sets --scheduler, --steps, --guidance-interval and the --cache options; those given "
                                "explicitly win (docs/speed-presets.md)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the preset's; quality: 25)")
