@@ -431,7 +431,8 @@ def test_model_dropdown_lists_subfolders_and_validates(comfy, model_root, tmp_pa
     (root / "V-Express").symlink_to(model_root / "V-Express", target_is_directory=True)
     loader = BY_ID["VExpressLoadModels"]
     folders = NODES.loaders.model_folders()
-    assert schema.object_info(loader)["input"]["required"]["model"][1]["options"] == folders == ["V-Express", "V-Express-clone", "broken"]
+    assert folders == ["V-Express", "V-Express-clone", "broken"]
+    assert schema.object_info(loader)["input"]["required"]["model"][1]["options"] == [*folders, NODES.fetch.TOY_CHOICE]
     assert NODES.loaders.model_folder_path("V-Express-clone") == root / "V-Express-clone" / "model_ckpts"
     assert loader.validate_inputs("V-Express") is True
     assert loader.validate_inputs("V-Express-clone") is True
