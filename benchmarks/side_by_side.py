@@ -14,7 +14,9 @@ fixed keypoints (fix_face), DDIM, CFG 3.5, reference/audio weights 0.95/3.0, win
 overlapping by 4, and the same initial noise seed. "generation" is everything from the reference
 image, waveform and keypoints to the decoded frames (the published pipeline call plus its keypoint
 drawing; for ours prepare_reference + encode_speech + generate, deflicker included), without model
-loading. Peak RSS is the process's high-water mark (ru_maxrss), model loading included; the phase
+loading. Both run on the CPU in fp32 unless --device and --dtype say otherwise (on a GPU the
+published pipeline is moved there whole, ours with `load_models(device=...)`; peak VRAM is then
+reported too). Peak RSS is the process's high-water mark (ru_maxrss), model loading included; the phase
 columns are the highest RSS sampled (every 5 ms) while each phase ran.
 """
 from __future__ import annotations
@@ -107,8 +109,29 @@ class Phases:
 
 
 def emit(result: dict) -> None:
+    import torch
+
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_initialized():
+        result["peak_vram_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[name])
+
+
+def finished(device) -> None:
+    """Waits for the device's queued work, so a phase's time includes it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------- the published pipeline
@@ -134,7 +157,7 @@ def run_published(args) -> None:
 
     phases = Phases()
     model = args.model
-    dtype, device = torch.float32, torch.device("cpu")
+    dtype, device = torch_dtype(args.dtype), torch.device(args.device)
     with phases.phase("load"):
         config = OmegaConf.load(args.published / "inference_v2.yaml")
         unet_config = model / "stable-diffusion-v1-5" / "unet" / "config.json"
@@ -194,6 +217,7 @@ def run_published(args) -> None:
             reference_attention_weight=args.reference_weight, audio_attention_weight=args.audio_weight,
             num_pad_audio_frames=args.num_pad, generator=torch.manual_seed(args.seed),
         )
+        finished(device)
     phases.stop()
     others = sum(phases.seconds.get(name, 0.0) for name in ("draw", "reference", "v-kps", "audio", "decode"))
     phases.seconds["denoise"] = phases.seconds["generation"] - others  # the sampling loop is not a method
@@ -215,7 +239,7 @@ def run_ours(args) -> None:
 
     phases = Phases()
     with phases.phase("load"):
-        models = load_models(args.model, dtype=torch.float32)
+        models = load_models(args.model, dtype=torch_dtype(args.dtype), device=args.device)
     settings = ours.GenerationSettings(
         width=args.size, height=args.size, fps=args.fps, steps=args.steps, guidance_scale=args.cfg,
         reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
@@ -248,6 +272,7 @@ def run_ours(args) -> None:
             speech = ours.encode_speech(models, waveform, args.fps)
         track = KeypointTrack(np.repeat(kps[None], speech.num_frames, axis=0), (args.size, args.size), args.fps)
         generation = ours.generate(models, reference, speech, track, settings)
+        finished(torch.device(args.device))
     phases.stop()
     emit({"impl": "ours", "frames": int(generation.frames.shape[0]), "seconds": phases.seconds, "cpu_seconds": phases.cpu_seconds,
           "phase_peak_mib": phases.peak_mib, "options": args.option})
@@ -271,7 +296,7 @@ def worker_command(args, impl: str, size: int, options: list[str]) -> list[str]:
     python = args.published_python if impl == "published" else args.ours_python
     command = [python, str(Path(__file__).resolve()), "--worker", impl, str(args.published), "--model", str(args.model),
                "--size", str(size), "--frames", str(args.frames), "--steps", str(args.steps), "--threads", str(args.threads),
-               "--cfg", str(args.cfg), "--seed", str(args.seed)]
+               "--cfg", str(args.cfg), "--seed", str(args.seed), "--device", args.device, "--dtype", args.dtype]
     for option in options:
         command += ["--option", option]
     return command
@@ -316,6 +341,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cfg", type=float, default=3.5)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (both implementations run there)")
+    parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="fp32")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs per implementation and size (median reported)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
                         help="also run ours with these GenerationSettings overrides, e.g. window_batch=4")
@@ -335,7 +362,7 @@ def main(argv=None) -> None:
         parser.error(f"{args.published} is not a published V-Express checkout (no pipelines/v_express_pipeline.py)")
 
     runs = [("published", [])] + [("ours", [])] + [("ours", variant.split(",")) for variant in args.variant]
-    print(f"{args.frames} frames, {args.steps} steps, DDIM, cfg {args.cfg}, fp32, {args.threads} threads, "
+    print(f"{args.frames} frames, {args.steps} steps, DDIM, cfg {args.cfg}, {args.dtype} on {args.device}, {args.threads} threads, "
           f"model {args.model}", flush=True)
     rows = []
     for size in args.sizes:
@@ -350,8 +377,8 @@ def main(argv=None) -> None:
         rows.append((size, results))
 
     print()
-    print("| size, steps | implementation | generation s | stages s | peak RSS MiB | peak by phase MiB | speed vs published | RSS vs published |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| size, steps | implementation | generation s | stages s | peak RSS MiB | peak by phase MiB | peak VRAM MiB | speed vs published | RSS vs published |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for size, results in rows:
         def median(name: str, key) -> float:
             return statistics.median(key(result) for result in results[name])
@@ -362,8 +389,9 @@ def main(argv=None) -> None:
             seconds = median(name, lambda r: r["seconds"]["generation"])
             rss = median(name, lambda r: r["peak_rss_mib"])
             middle = sorted(runs_of, key=lambda r: r["seconds"]["generation"])[len(runs_of) // 2]
+            vram = f"{middle['peak_vram_mib']:.0f}" if "peak_vram_mib" in middle else "-"
             print(f"| {size}x{size}, {args.steps} | {name} | {seconds:.1f} | {phase_text(middle)} | {rss:.0f} | "
-                  f"{memory_text(middle)} | {base_time / seconds:.2f}x | {rss / base_rss:.2f} |")
+                  f"{memory_text(middle)} | {vram} | {base_time / seconds:.2f}x | {rss / base_rss:.2f} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from .audio import VExpressAudioEncode
 from .framing import VExpressFaceCrop, VExpressPasteBack
 from .keypoints import VExpressKpsExtract, VExpressKpsLoad, VExpressKpsPreview, VExpressKpsRetarget
 from .loaders import VExpressLoadModels, VExpressLoadReference
-from .options import VExpressMemoryOptions, VExpressWindowOptions
+from .options import VExpressMemoryOptions, VExpressSpeedOptions, VExpressWindowOptions
 from .sampling import VExpressSampler
 from .schema import Node, comfy_node
 
@@ -21,6 +21,7 @@ NODES: tuple[type[Node], ...] = (
     VExpressKpsPreview,
     VExpressWindowOptions,
     VExpressMemoryOptions,
+    VExpressSpeedOptions,
     VExpressSampler,
     VExpressFaceCrop,
     VExpressPasteBack,

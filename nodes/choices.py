@@ -9,7 +9,9 @@ from vexpress_core.detectors import DETECTORS
 from vexpress_core.framing import PASTE_REGIONS
 from vexpress_core.keypoints import RESAMPLE_MODES, RETARGET_MODES
 from vexpress_core.orchestration import CROP_MODES
+from vexpress_core.presets import PRESETS
 from vexpress_core.sampling import BLEND_WEIGHTS, SCHEDULERS
+from vexpress_core.weight_storage import WEIGHT_STORAGES
 
 
 def dtype_names() -> list[str]:
@@ -46,3 +48,11 @@ def scheduler_names() -> list[str]:
 
 def paste_region_names() -> list[str]:
     return [AUTO, *PASTE_REGIONS.names()]
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS.names())
+
+
+def weight_storage_names() -> list[str]:
+    return list(WEIGHT_STORAGES.names())

@@ -1,15 +1,16 @@
-"""Options nodes: the sampler's window settings and memory/speed settings (the core's WindowSettings and
-MemorySettings), each optional on the sampler (unconnected = the published defaults)."""
+"""Options nodes: the sampler's window settings, memory/speed settings and speed/quality trade-offs
+(the core's WindowSettings, MemorySettings and SpeedSettings), each optional on the sampler
+(unconnected = the published defaults, or for the trade-offs the sampler's preset)."""
 from __future__ import annotations
 
 from vexpress_core.sampling import MAX_CONTEXT_FRAMES, check_context
-from vexpress_core.settings import MemorySettings, WindowSettings
+from vexpress_core.settings import MemorySettings, SpeedSettings, WindowSettings
 
 from . import choices
-from .schema import Boolean, Combo, Int, Node, Output, validation
-from .types import MEMORY_OPTIONS, WINDOW_OPTIONS
+from .schema import Boolean, Combo, Float, Int, Node, Output, validation
+from .types import MEMORY_OPTIONS, SPEED_OPTIONS, WINDOW_OPTIONS
 
-WINDOWS, MEMORY = WindowSettings(), MemorySettings()
+WINDOWS, MEMORY, SPEED = WindowSettings(), MemorySettings(), SpeedSettings()
 AUTO = 0  # the integer inputs' stand-in for MemorySettings' "auto"
 
 
@@ -57,3 +58,24 @@ class VExpressMemoryOptions(Node):
     def execute(cls, window_batch, decode_chunk, vae_tiling, compile):
         return (MemorySettings(window_batch=window_batch or "auto", decode_chunk=decode_chunk or "auto",
                                vae_tiling=vae_tiling, compile=compile),)
+
+
+class VExpressSpeedOptions(Node):
+    DISPLAY_NAME = "V-Express Speed / Quality Options"
+    DESCRIPTION = (
+        "Speed against quality for the Sampler, beyond its preset: guidance on part of the steps only and a cache "
+        "that reuses the UNet's deep features across steps. Both change the video a little for a large saving "
+        "(docs/speed-presets.md has the measurements). Connected, these values replace the Sampler preset's; "
+        "unconnected, the preset decides (quality: guidance on every step, no cache, as published)."
+    )
+    INPUTS = (
+        Float("guidance_start", SPEED.guidance_start, 0.0, 1.0, "Classifier-free guidance starts at this fraction of the steps (0 = the first step). Recommended 0: the first steps set the pose and mouth.", step=0.05),
+        Float("guidance_end", SPEED.guidance_end, 0.05, 1.0, "Guidance stops at this fraction of the steps (1 = every step, published). Steps without guidance run the conditional half alone: half the UNet work. 0.4-0.6 keeps most of the lip motion.", step=0.05),
+        Int("cache_interval", SPEED.cache_interval, 1, 10, "Deep-feature cache: a full UNet pass at most every N steps; in between only the outermost blocks run on the kept deep features. 1 = off (published); 2 = about a third less work; 3+ for drafts. Costs memory: one kept feature map per window."),
+        Float("cache_threshold", SPEED.cache_threshold, 0.0, 1.0, "With cache_interval > 1: also refresh early when the outer features changed by more than this relative amount (0 = by interval only; 0.05-0.2 = adaptive, safer on fast motion).", step=0.01),
+    )
+    OUTPUTS = (Output(SPEED_OPTIONS, "speed_options", "Connect to the Sampler's speed_options."),)
+
+    @classmethod
+    def execute(cls, guidance_start, guidance_end, cache_interval, cache_threshold):
+        return (SpeedSettings(guidance_start, guidance_end, cache_interval, cache_threshold),)

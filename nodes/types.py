@@ -1,6 +1,6 @@
 """The pack's ComfyUI types: names, the small dataclasses that travel on the wires, conversions.
 VEXPRESS_REFERENCE carries the core's orchestration.PreparedReference; the options types carry the
-core's WindowSettings / MemorySettings.
+core's WindowSettings / MemorySettings / SpeedSettings.
 
 Custom type names carry the `VEXPRESS_` prefix. Values are never changed after they leave a node:
 a node that needs a different value builds a new one.
@@ -24,6 +24,7 @@ KPS = "VEXPRESS_KPS"
 CROP_PLAN = "VEXPRESS_CROP_PLAN"
 WINDOW_OPTIONS = "VEXPRESS_WINDOW_OPTIONS"
 MEMORY_OPTIONS = "VEXPRESS_MEMORY_OPTIONS"
+SPEED_OPTIONS = "VEXPRESS_SPEED_OPTIONS"
 
 IMAGE = "IMAGE"
 COMFY_AUDIO = "AUDIO"

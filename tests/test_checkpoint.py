@@ -590,8 +590,8 @@ def test_loading_in_the_files_dtype_keeps_one_copy_of_the_weights(tiny_dir, tiny
 
     read = {}
 
-    def recording_read(path):
-        state = read_state_dict(path)
+    def recording_read(path, *streamed):
+        state = read_state_dict(path, *streamed)
         read.update({tensor.data_ptr(): path.name for tensor in state.values() if tensor.dtype == torch.float32})
         return state
 

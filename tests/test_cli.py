@@ -381,11 +381,12 @@ def test_argument_errors_exit_2(argv, words, capsys):
 
 def test_generate_defaults_are_the_published_ones():
     args = cli.parser().parse_args(["generate", "--models", "m", "--reference", "r", "--audio", "a", "--out", "o"])
-    assert (args.width, args.height, args.fps or 30.0, args.steps, args.guidance, args.reference_weight, args.audio_weight,
+    settings = cli.settings_from(args)  # steps and scheduler come from the default preset, quality
+    assert (args.width, args.height, args.fps or 30.0, settings.steps, args.guidance, args.reference_weight, args.audio_weight,
             args.context_frames, args.context_overlap, args.seed) == (512, 512, 30.0, 25, 3.5, 0.95, 3.0, 24, 4, 42)
-    assert (args.blend, args.scheduler, args.deflicker, args.window_batch, args.retarget, args.kps, args.driving_video) \
+    assert (args.blend, settings.scheduler, args.deflicker, args.window_batch, args.retarget, args.kps, args.driving_video) \
         == ("mean", "ddim", True, "auto", None, None, None)
-    settings = cli.settings_from(args)
+    assert args.preset == "quality" and args.weight_storage == "dtype"
     assert settings == pipeline.GenerationSettings()
 
 

@@ -27,14 +27,14 @@ from vexpress_core.audio import load_audio
 from vexpress_core.keypoints import KeypointTrack, crop_box
 from vexpress_core.offload import REFERENCE_NETWORKS, SPEECH_NETWORKS
 from vexpress_core.orchestration import PreparedReference
-from vexpress_core.settings import GenerationSettings, MemorySettings, WindowSettings
+from vexpress_core.settings import GenerationSettings, MemorySettings, SpeedSettings, WindowSettings
 from vexpress_core.tiny import make_tiny_models
 
 runtime, schema, vtypes, management = NODES.runtime, NODES.schema, NODES.types, NODES.management
 BY_ID = NODES.nodes_by_id()
 SAMPLE = "short_case_tys"
 CUSTOM_TYPES = {vtypes.MODELS, vtypes.REFERENCE, vtypes.AUDIO, vtypes.KPS, vtypes.WINDOW_OPTIONS, vtypes.MEMORY_OPTIONS,
-                vtypes.CROP_PLAN}
+                vtypes.SPEED_OPTIONS, vtypes.CROP_PLAN}
 WIDGET_TYPES = set(schema.WIDGET_TYPES)
 
 
@@ -460,6 +460,8 @@ def check_value(kind: str, value) -> None:
         assert isinstance(value, WindowSettings)
     elif kind == vtypes.MEMORY_OPTIONS:
         assert isinstance(value, MemorySettings)
+    elif kind == vtypes.SPEED_OPTIONS:
+        assert isinstance(value, SpeedSettings)
     else:
         raise AssertionError(f"no check for {kind}")
 
@@ -504,6 +506,8 @@ def test_node_chain_declared_types(handle, portrait, speech_audio, samples_dir):
     assert window == WindowSettings(16, 2, "ramp")
     (memory,) = run_node("VExpressMemoryOptions", **spec_defaults(BY_ID["VExpressMemoryOptions"]))
     assert memory == MemorySettings()
+    (speed,) = run_node("VExpressSpeedOptions", **spec_defaults(BY_ID["VExpressSpeedOptions"]))
+    assert speed == SpeedSettings()
 
 
 def test_fix_face_needs_no_driving_track_and_other_modes_do(prepared):

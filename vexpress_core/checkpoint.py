@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -55,6 +56,8 @@ from .models import (
     build_reference_net,
     sinusoidal_position_code,
 )
+from .weight_storage import (WEIGHT_STORAGES, StreamedSafetensors, WeightStorage, attach_scales, check_float8, quantised,
+                             stored_weight_keys)
 
 WEIGHT_NAMES = ("reference_net", "denoising_unet", "motion_module", "v_kps_guider", "audio_projection")
 MOTION_KEY = "motion_modules."
@@ -188,9 +191,12 @@ def declared_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {key: tuple(tensor.shape) for key, tensor in read_state_dict(path).items()}
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.bin` (torch.save, read with weights_only) or `.safetensors` file."""
+def read_state_dict(path: Path, streamed: bool = False) -> Mapping[str, torch.Tensor]:
+    """Tensors of a `.bin` (torch.save, read with weights_only) or `.safetensors` file; with
+    `streamed`, a .safetensors file's tensors are read one at a time when asked for."""
     try:
+        if streamed and path.suffix == ".safetensors":
+            return StreamedSafetensors(path)
         if path.suffix == ".safetensors":
             return load_file(str(path))
         try:
@@ -208,8 +214,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_position_codes(source: str, state: Mapping[str, torch.Tensor]) -> None:
-    for key, value in state.items():
+    for key in state:
         if key.endswith(POSITION_CODE_SUFFIX):
+            value = state[key]
             formula = sinusoidal_position_code(value.shape[1], value.shape[2])
             if not torch.allclose(value.float(), formula, atol=1e-3):
                 raise CheckpointError(f"{source}: {key} is not the fixed sinusoidal position code")
@@ -230,23 +237,31 @@ def usable_as_is(tensor: torch.Tensor, device: torch.device | str, dtype: torch.
 
 
 def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype,
-                   device: torch.device | str, ignored: Iterable[str] = (), built_from: Path | None = None) -> torch.nn.Module:
+                   device: torch.device | str, ignored: Iterable[str] = (), built_from: Path | None = None,
+                   storage: WeightStorage = WEIGHT_STORAGES["dtype"]) -> torch.nn.Module:
     """Strictly check `state` against `model` (built on meta), then assign it in place; position
-    codes the file lacks are computed."""
+    codes the file lacks are computed. With a float8 `storage`, its Linear/Conv2d weights are
+    quantised one by one as they are assigned."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     report = mismatch_report(source, expected, state, ignored, built_from)
     if report:
         raise CheckpointError(report)
     check_position_codes(source, state)
-    converted = {}
+    stored = stored_weight_keys(model) if storage.dtype is not None else set()
+    converted, scales = {}, {}
     for key in expected:
         if key in state:
             # A position code is the formula by definition; the file's copy only had to be close to it.
             tensor = sinusoidal_position_code(*state[key].shape[1:]) if key.endswith(POSITION_CODE_SUFFIX) else state[key]
+            if key in stored:
+                converted[key], scale = quantised(tensor.to(device))
+                scales[key] = scale
+                continue
             # Position codes stay fp32 whatever the file holds, as the published buffers are.
             target = torch.float32 if key.endswith(POSITION_CODE_SUFFIX) else dtype
             converted[key] = usable_as_is(tensor, device, target if tensor.is_floating_point() else tensor.dtype)
     model.load_state_dict(converted, strict=False, assign=True)
+    attach_scales(model, scales, dtype)
     for name, buffer in model.named_buffers():
         if buffer.device.type == "meta" and name.endswith(POSITION_CODE_SUFFIX):
             buffer = sinusoidal_position_code(*buffer.shape[1:])
@@ -296,17 +311,17 @@ def audio_projection_config(state: Mapping[str, torch.Tensor], source: str = "au
         raise CheckpointError(f"{source}: the audio projection weights lack {error}") from error
 
 
-def denoising_state(paths: ModelPaths) -> tuple[dict[str, torch.Tensor], str]:
+def denoising_state(paths: ModelPaths, streamed: bool = False) -> tuple[Mapping[str, torch.Tensor], str]:
     """Denoising UNet tensors from denoising_unet (+ motion_module when present), and a label for errors."""
-    state = read_state_dict(paths.weights["denoising_unet"])
+    state = read_state_dict(paths.weights["denoising_unet"], streamed)
     label = str(paths.weights["denoising_unet"])
     if "motion_module" in paths.weights:
-        motion = read_state_dict(paths.weights["motion_module"])
+        motion = read_state_dict(paths.weights["motion_module"], streamed)
         stray = [k for k in motion if MOTION_KEY not in k]
         if stray:
             raise CheckpointError(f"{paths.weights['motion_module']}: {len(stray)} keys are not motion-module keys, e.g. {stray[:SHOWN_KEYS]}")
         # When denoising_unet also carries motion keys, the dedicated motion file is the one that counts.
-        state.update(motion)
+        state = ChainMap(motion, state)
         label += f" + {paths.weights['motion_module']}"
     return state, label
 
@@ -323,27 +338,30 @@ def build_networks(unet_config: Mapping, guider_cfg: Mapping, projection_cfg: Ma
 
 
 def motion_max_len(state: Mapping[str, torch.Tensor]) -> int:
-    lengths = {v.shape[1] for k, v in state.items() if k.endswith(POSITION_CODE_SUFFIX)}
+    lengths = {state[k].shape[1] for k in state if k.endswith(POSITION_CODE_SUFFIX)}
     return lengths.pop() if len(lengths) == 1 else 32
 
 
-def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-    """(reference_net, denoising_unet, v_kps_guider, audio_projection), strictly loaded."""
+def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                           storage: WeightStorage = WEIGHT_STORAGES["dtype"]):
+    """(reference_net, denoising_unet, v_kps_guider, audio_projection), strictly loaded; the
+    ReferenceNet and the UNet with their weights stored as `storage` says."""
+    streamed = storage.dtype is not None
     unet_config = read_config(paths.unet_config)
-    reference_state = read_state_dict(paths.weights["reference_net"])
+    reference_state = read_state_dict(paths.weights["reference_net"], streamed)
     check_block_counts(unet_config, paths.unet_config, UNET_BLOCKS, reference_state, paths.weights["reference_net"])
     guider_state = read_state_dict(paths.weights["v_kps_guider"])
     projection_state = read_state_dict(paths.weights["audio_projection"])
-    unet_state, unet_label = denoising_state(paths)
+    unet_state, unet_label = denoising_state(paths, streamed)
     guider_cfg = guider_config(guider_state, str(paths.weights["v_kps_guider"]))
     projection_cfg = audio_projection_config(projection_state, str(paths.weights["audio_projection"]))
     max_len = motion_max_len(unet_state)
     reference, unet, guider, projection = network_on_meta(
         lambda: build_networks(unet_config, guider_cfg, projection_cfg, max_len), paths.unet_config)
-    reference = assign_weights(reference, reference_state, str(paths.weights["reference_net"]),
-                               dtype, device, ignored=REFERENCE_NET_ABSENT_KEYS, built_from=paths.unet_config)
+    reference = assign_weights(reference, reference_state, str(paths.weights["reference_net"]), dtype, device,
+                               ignored=REFERENCE_NET_ABSENT_KEYS, built_from=paths.unet_config, storage=storage)
     del reference_state
-    unet = assign_weights(unet, unet_state, unet_label, dtype, device, built_from=paths.unet_config)
+    unet = assign_weights(unet, unet_state, unet_label, dtype, device, built_from=paths.unet_config, storage=storage)
     del unet_state
     guider = assign_weights(guider, guider_state, str(paths.weights["v_kps_guider"]), dtype, device)
     projection = assign_weights(projection, projection_state, str(paths.weights["audio_projection"]), dtype, device)
@@ -351,12 +369,16 @@ def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32
 
 
 def load_models(model_dir: str | Path, weights_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu") -> VExpressModels:
-    """Every network of a published-layout model directory, strictly checked, in `dtype` on `device`."""
+                device: torch.device | str = "cpu", weight_storage: str = "dtype") -> VExpressModels:
+    """Every network of a published-layout model directory, strictly checked, in `dtype` on `device`;
+    `weight_storage` (a WEIGHT_STORAGES name) says how the ReferenceNet and the UNet keep their weights."""
+    storage = WEIGHT_STORAGES[weight_storage]
+    if storage.dtype is not None:
+        check_float8(device)
     paths = checked_model_folder(model_dir, weights_dir)
     check_vae_config(paths)
     check_wav2vec2_config(paths)
-    reference, unet, guider, projection = load_vexpress_networks(paths, dtype, device)
+    reference, unet, guider, projection = load_vexpress_networks(paths, dtype, device, storage)
     try:
         vae = AutoencoderKL.from_pretrained(paths.vae, torch_dtype=dtype, local_files_only=True).to(device).eval()
     except (OSError, ValueError, RuntimeError) as error:

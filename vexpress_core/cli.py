@@ -14,8 +14,10 @@ from .dtypes import AUTO, DTYPES, resolved_dtype
 from .detectors import DETECTORS, MissingBackend
 from .keypoints import DEFAULT_SMOOTH, RESAMPLE_MODES, RETARGET_MODES
 from .orchestration import CROP_MODES, DEFAULT_CROP, DEFAULT_FACE_MARGIN
-from .cli_common import check_track_options, checked_device, progress_bar, read_image, settings_from
+from .cli_common import check_track_options, check_weight_storage, checked_device, progress_bar, read_image, settings_from
+from .presets import DEFAULT_PRESET, PRESETS
 from .sampling import BLEND_WEIGHTS, MAX_CONTEXT_FRAMES, SCHEDULERS
+from .weight_storage import WEIGHT_STORAGES
 
 
 def window_batch_value(text: str) -> int | str:
@@ -33,8 +35,21 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=defaults.width, help="output width, a multiple of 8")
     parser.add_argument("--height", type=int, default=defaults.height, help="output height, a multiple of 8")
     parser.add_argument("--fps", type=float, help=f"frames per second (default {defaults.fps:g}; with --dub the video's)")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--preset", choices=PRESETS.names(), default=DEFAULT_PRESET,
+                        help="; ".join(f"{name}: {PRESETS[name].summary}" for name in PRESETS.names()).replace("%", "%%")
+                             + ". Sets --scheduler, --steps, --guidance-interval and the --cache options; those given "
+                               "explicitly win (docs/speed-presets.md)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the preset's; quality: 25)")
     parser.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="classifier-free guidance scale")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
+                        help="guide only the steps in [START, END) as fractions of the steps (0 1 = every step, published); "
+                             "the others run the conditional half alone, half the UNet work (default: the preset's)")
+    parser.add_argument("--cache-interval", type=int,
+                        help="deep-feature cache: a full UNet pass at most every N steps, the shallow blocks only in "
+                             "between (1 = no cache; default: the preset's)")
+    parser.add_argument("--cache-threshold", type=float,
+                        help="with --cache-interval: refresh early when the shallow features changed by more than this "
+                             "relative amount, e.g. 0.1 (0 = by interval only; default: the preset's)")
     parser.add_argument("--reference-weight", type=float, default=defaults.reference_weight, help="0.9-1.0 recommended")
     parser.add_argument("--audio-weight", type=float, default=defaults.audio_weight, help="1.0-3.0 recommended")
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help=f"frames per window, at most {MAX_CONTEXT_FRAMES} (the published motion modules)")
@@ -43,9 +58,13 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-batch", type=window_batch_value, default="auto",
                         help="windows denoised together: a count (more = more memory), or auto (by free GPU memory; 1 on CPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--scheduler", choices=SCHEDULERS.names(), default=defaults.scheduler)
+    parser.add_argument("--scheduler", choices=SCHEDULERS.names(),
+                        help="ddim (published), dpmpp (DPM-Solver++ 2M), euler, unipc (UniPC) (default: the preset's)")
     parser.add_argument("--deflicker", action=argparse.BooleanOptionalAction, default=True, help="3x3x3 median filter")
     parser.add_argument("--dtype", choices=(AUTO, *DTYPES.names()), default=AUTO)
+    parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES.names(), default="dtype",
+                        help="fp8_e4m3: keep the ReferenceNet's and UNet's weights as float8 (half of fp16's memory), "
+                             "computing in --dtype; read .safetensors weights for the lowest peak")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (large sizes, small GPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (falls back to eager on failure)")
@@ -122,6 +141,7 @@ def run_generate(args: argparse.Namespace) -> Path:
     checked_model_folder(args.models, args.weights)
     state = distributed_state()
     device = checked_device(args.device or (str(state.device) if state else None))
+    check_weight_storage(args.weight_storage, device)
     if args.driving_video:
         video_fps_and_length(args.driving_video)
     driving = driving_track(args.kps, args.kps_fps, smooth=args.smooth) if args.kps else None
@@ -135,7 +155,7 @@ def run_generate(args: argparse.Namespace) -> Path:
     if args.driving_video:
         driving = driving_track(driving_video=args.driving_video, detector=detector, face_index=args.face_index,
                                 smooth=args.smooth)
-    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device, args.weight_storage)
 
     def using(names, working_memory=None):  # the CLI has the device to itself: nothing to make room for
         return placed(models, names, run_device, idle_device)

@@ -35,6 +35,14 @@ def checked_device(name: str | None) -> str:
     return name
 
 
+def check_weight_storage(name: str, device: str) -> None:
+    """--weight-storage usable with this torch build on `device` (fp8 needs float8 support)."""
+    from .weight_storage import WEIGHT_STORAGES, check_float8
+
+    if WEIGHT_STORAGES[name].dtype is not None:
+        check_float8(device)
+
+
 def check_track_options(args: argparse.Namespace) -> None:
     """The keypoint-track options' ranges (generate, preview-kps)."""
     if args.face_index is not None and args.face_index < 0:
@@ -48,16 +56,28 @@ def check_track_options(args: argparse.Namespace) -> None:
 
 
 def settings_from(args: argparse.Namespace):
+    """The settings of the parsed options: the preset's, with the options given explicitly over them."""
+    from .presets import preset_settings
     from .settings import GenerationSettings, SamplingSettings
 
-    return GenerationSettings(
-        width=args.width, height=args.height, fps=SamplingSettings.fps if args.fps is None else args.fps, steps=args.steps,
+    base = GenerationSettings(
+        width=args.width, height=args.height, fps=SamplingSettings.fps if args.fps is None else args.fps,
         guidance_scale=args.guidance,
         reference_weight=args.reference_weight, audio_weight=args.audio_weight, context_frames=args.context_frames,
-        context_overlap=args.context_overlap, blend=args.blend, scheduler=args.scheduler, seed=args.seed,
+        context_overlap=args.context_overlap, blend=args.blend, seed=args.seed,
         window_batch=args.window_batch, deflicker=args.deflicker, latents_on_host=args.low_vram, compile=args.compile,
         vae_tiling=args.vae_tiling,
     )
+    return preset_settings(args.preset, base, **explicit_preset_options(args))
+
+
+def explicit_preset_options(args: argparse.Namespace) -> dict:
+    """The settings a preset decides that were given on the command line."""
+    given = {"steps": args.steps, "scheduler": args.scheduler, "cache_interval": args.cache_interval,
+             "cache_threshold": args.cache_threshold}
+    if args.guidance_interval is not None:
+        given["guidance_start"], given["guidance_end"] = args.guidance_interval
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def progress_bar(settings, num_frames: int):

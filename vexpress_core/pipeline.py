@@ -280,7 +280,8 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     conditions = Conditions(reference.features, audio_tokens, kps_features)
     unet = CompiledWithFallback(models.denoising_unet) if settings.compile else models.denoising_unet
     denoiser = GuidedDenoiser(unet, conditions, settings.guidance_scale,
-                              settings.reference_weight, settings.audio_weight, settings.cache_reference_kv)
+                              settings.reference_weight, settings.audio_weight, settings.cache_reference_kv,
+                              guidance_interval=settings.speed.guidance_interval, cache=settings.speed.cache_policy)
     # A host generator, as published: the noise a scheduler adds (eta > 0) is then the seed's wherever
     # the latents are, and diffusers draws it for latents in host memory too (a CUDA generator cannot).
     generator = torch.Generator().manual_seed(settings.seed)

@@ -3,7 +3,9 @@
 The model call is composed as `guided(windowed(unet))`-style pure pieces:
   * `context_windows` is a pure function of (length, size, overlap);
   * `blend_weights` comes from a registry of fuse schedules (`mean` = published, `ramp`);
-  * `GuidedDenoiser` runs the conditional and unconditional branches of many windows in one batch;
+  * `GuidedDenoiser` runs the conditional and unconditional branches of many windows in one batch
+    (on the steps of its guidance interval; the conditional branch alone on the others), optionally
+    with a deep-feature cache across steps (step_cache.py);
   * `sample` asks the denoiser for every frame's prediction, then steps any diffusers scheduler once.
 """
 from __future__ import annotations
@@ -13,12 +15,14 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
 from .registry import Registry
+from .step_cache import CachePolicy, DeepFeatureCache
 
 # The published motion modules' length: the bound of settings and UI widgets before a model is
 # loaded. Sampling also checks the loaded UNet's own length (VExpressModels.motion_length).
@@ -36,14 +40,22 @@ SCHEDULER_CONFIG = {
     "timestep_spacing": "trailing",
 }
 
+# Every scheduler keeps the model's training noise schedule: v-prediction, zero terminal SNR and
+# trailing spacing (the first step at the last training timestep, where the noise is pure; the
+# multistep solvers replace its zero alpha by 2**-24 so their log-SNR stays finite). Karras or
+# leading spacings would start below that timestep and leave residual signal the model never saw.
+MULTISTEP_CONFIG = {k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}
+
 SCHEDULERS: Registry[Callable[[], object]] = Registry("scheduler")
 SCHEDULERS.register("ddim", lambda: DDIMScheduler(**SCHEDULER_CONFIG))
+# DPM-Solver++ 2M: second-order multistep on the clean-image prediction, first order on the last step.
 SCHEDULERS.register("dpmpp", lambda: DPMSolverMultistepScheduler(
-    **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"},
-    algorithm_type="dpmsolver++", final_sigmas_type="zero",
+    **MULTISTEP_CONFIG, algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
 ))
-SCHEDULERS.register("euler", lambda: EulerDiscreteScheduler(
-    **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}, final_sigmas_type="zero"
+SCHEDULERS.register("euler", lambda: EulerDiscreteScheduler(**MULTISTEP_CONFIG, final_sigmas_type="zero"))
+# UniPC (bh2 predictor-corrector, order 2): the strongest of these at 5-10 steps.
+SCHEDULERS.register("unipc", lambda: UniPCMultistepScheduler(
+    **MULTISTEP_CONFIG, solver_order=2, predict_x0=True, solver_type="bh2", final_sigmas_type="zero",
 ))
 
 
@@ -142,6 +154,31 @@ def _with_unconditional(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(tensor), tensor])
 
 
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """The steps that get classifier-free guidance: those whose position index / steps lies in
+    [start, end). The published sampler guides every step: (0, 1)."""
+
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise ValueError(f"the guidance interval needs 0 <= start < end <= 1 (fractions of the steps), "
+                             f"got [{self.start}, {self.end})")
+
+    def covers(self, step: "StepPosition") -> bool:
+        return self.start <= step.index / step.count < self.end
+
+
+@dataclass(frozen=True)
+class StepPosition:
+    """Which sampling step a model call belongs to: `index` of `count`."""
+
+    index: int
+    count: int
+
+
 class GuidedDenoiser:
     """Model predictions with classifier-free guidance, for several windows in one batch.
 
@@ -152,11 +189,16 @@ class GuidedDenoiser:
     With `cache_reference_kv` the reference attention's keys and values are computed once and
     shared by all frames (same values, a different order of floating-point operations).
     Window latents are moved to the UNet's device and predictions back to the latents' device,
-    so latents may stay in host memory when the device is short of it."""
+    so latents may stay in host memory when the device is short of it.
+
+    Trading quality for speed (both off by default): guidance only on the steps of
+    `guidance_interval`, the conditional branch alone (half the batch) on the others; and `cache`,
+    a deep-feature cache across steps (step_cache.py). Both need the step: call `at_step(i, n)`."""
 
     def __init__(self, unet, conditions: Conditions, guidance_scale: float = 3.5,
                  reference_weight: float = 1.0, audio_weight: float = 1.0, cache_reference_kv: bool = False,
-                 zero_context_shortcut: bool = True):
+                 zero_context_shortcut: bool = True, guidance_interval: GuidanceInterval = GuidanceInterval(),
+                 cache: CachePolicy = CachePolicy()):
         self.unet = unet
         self.cache_reference_kv = cache_reference_kv
         self.conditions = conditions
@@ -165,38 +207,55 @@ class GuidedDenoiser:
         self.audio_weight = audio_weight
         self.guided = guidance_scale > 1.0
         self.shortcut = self.guided and zero_context_shortcut
-        self._reference_cache: dict[int, dict[str, torch.Tensor]] = {}
+        self.guidance_interval = guidance_interval
+        self.deep_cache = DeepFeatureCache(cache) if cache.enabled else None
+        self._reference_cache: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
 
-    def _reference(self, windows: int) -> dict[str, torch.Tensor]:
-        if windows not in self._reference_cache:
+    def _reference(self, windows: int, doubled: bool) -> dict[str, torch.Tensor]:
+        key = (windows, doubled)
+        if key not in self._reference_cache:
             features = {}
             for path, feature in self.conditions.reference_features.items():
                 batch = feature.expand(windows, *feature.shape[1:])
-                features[path] = _with_unconditional(batch) if self.guided and not self.shortcut else batch
+                features[path] = _with_unconditional(batch) if doubled else batch
             if self.cache_reference_kv:
                 features = self.unet.reference_kv(features)
-            self._reference_cache[windows] = features  # at most two sizes: full batches and the remainder
-        return self._reference_cache[windows]
+            self._reference_cache[key] = features  # a few sizes: full batches and the remainder
+        return self._reference_cache[key]
 
-    def __call__(self, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]]) -> torch.Tensor:
+    def guides(self, step: StepPosition | None) -> bool:
+        """Whether a call at `step` (None: a call outside a step schedule) runs the unconditional branch."""
+        return self.guided and (step is None or self.guidance_interval.covers(step))
+
+    def at_step(self, index: int, count: int) -> Callable[..., torch.Tensor]:
+        """The denoiser for step `index` of `count` (what the guidance interval and the cache go by)."""
+        return partial(self, step=StepPosition(index, count))
+
+    def __call__(self, latents: torch.Tensor, timestep, windows: Sequence[Sequence[int]],
+                 step: StepPosition | None = None) -> torch.Tensor:
         """latents [1, C, F, h, w] (all frames) -> predictions [len(windows), C, n, h, w] per window."""
         dtype = self.unet.dtype
         device = self.unet.device
+        guided = self.guides(step)
+        shortcut = guided and self.shortcut
         batch = torch.stack([latents[0, :, list(window)] for window in windows]).to(device, dtype)
         audio = torch.stack([self.conditions.audio_tokens(w[0], w[-1] + 1) for w in windows]).to(device, dtype)
         kps = None
         if self.conditions.kps_features is not None:
             kps = torch.cat([self.conditions.kps_features(w[0], w[-1] + 1) for w in windows]).to(device, dtype)
-        if self.guided:
+        if guided:
             batch = torch.cat([batch, batch])
-            audio = audio if self.shortcut else _with_unconditional(audio)
+            audio = audio if shortcut else _with_unconditional(audio)
             kps = _with_unconditional(kps) if kps is not None else None
+        options = {}
+        if self.deep_cache is not None and step is not None:
+            options["deep_cache"] = self.deep_cache.slot(tuple(window[0] for window in windows), step.index)
         prediction = self.unet(
-            batch, timestep, audio.flatten(0, 1), self._reference(len(windows)), kps,
+            batch, timestep, audio.flatten(0, 1), self._reference(len(windows), guided and not shortcut), kps,
             reference_weight=self.reference_weight, audio_weight=self.audio_weight,
-            zero_context_videos=len(windows) if self.shortcut else 0,
+            zero_context_videos=len(windows) if shortcut else 0, **options,
         ).to(accumulation_dtype(dtype))
-        if self.guided:
+        if guided:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
         return prediction.to(latents.device)
@@ -296,6 +355,11 @@ def blended_prediction(denoiser: GuidedDenoiser, latents: torch.Tensor, timestep
     return (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
 
 
+def at_step(denoiser: Callable[..., torch.Tensor], index: int, count: int) -> Callable[..., torch.Tensor]:
+    """A GuidedDenoiser's view for one step; any other denoiser (a plain callable) as it is."""
+    return denoiser.at_step(index, count) if isinstance(denoiser, GuidedDenoiser) else denoiser
+
+
 def step_options(scheduler, **options) -> dict:
     """The options (eta, the seeded generator) that this scheduler's `step` accepts, so the seed
     reaches any scheduler that draws noise while stepping, not only DDIM."""
@@ -335,7 +399,7 @@ def sample(denoiser: GuidedDenoiser, latents: torch.Tensor, scheduler, num_steps
         def on_prediction(window, window_prediction, x=model_input, t=timestep) -> None:
             latest.update(window=window, denoised=lambda: clean_estimate(scheduler, x[0, :, list(window)], t, window_prediction))
 
-        prediction = blended_prediction(denoiser, model_input, timestep, windows, window_batch, blend, on_window, shard,
-                                        on_prediction)
+        prediction = blended_prediction(at_step(denoiser, index, num_steps), model_input, timestep, windows, window_batch,
+                                        blend, on_window, shard, on_prediction)
         latents = scheduler.step(prediction, timestep, latents, **step_kwargs).prev_sample
     return latents

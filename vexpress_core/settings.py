@@ -1,6 +1,6 @@
-"""Generation settings in three groups: the published sampling parameters, the context-window
-settings, and the memory/speed options (which change neither the result's meaning nor, except for
-documented rounding, its numbers).
+"""Generation settings in four groups: the published sampling parameters, the context-window
+settings, the memory/speed options (which change neither the result's meaning nor, except for
+documented rounding, its numbers), and the speed/quality trade-offs (which do; all off by default).
 
 `GenerationSettings` holds one of each. It is built from groups or from flat keyword arguments
 (any field of any group), reads flat (`settings.steps`), and `dataclasses.replace` takes flat
@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 from .frame_cache import DEFAULT_BUDGET_MB
-from .sampling import BLEND_WEIGHTS, SCHEDULERS, check_context
+from .sampling import BLEND_WEIGHTS, SCHEDULERS, GuidanceInterval, check_context
+from .step_cache import CachePolicy
 
 
 @dataclass(frozen=True)
@@ -79,24 +80,51 @@ class MemorySettings:
             raise ValueError(f"conditioning_budget_mb must be 0 or more, got {self.conditioning_budget_mb}")
 
 
-GROUPS = {"sampling": SamplingSettings, "windows": WindowSettings, "memory": MemorySettings}
+@dataclass(frozen=True)
+class SpeedSettings:
+    """Speed against quality: classifier-free guidance only on the steps in [guidance_start,
+    guidance_end) (fractions of the steps; the others run the conditional branch alone), and the
+    deep-feature cache (a full UNet pass at most every `cache_interval` steps, earlier when the
+    shallow features changed by more than `cache_threshold`). The defaults are the published
+    sampler: guidance on every step, no cache."""
+
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    cache_interval: int = 1
+    cache_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.guidance_interval
+        self.cache_policy
+
+    @property
+    def guidance_interval(self) -> GuidanceInterval:
+        return GuidanceInterval(self.guidance_start, self.guidance_end)
+
+    @property
+    def cache_policy(self) -> CachePolicy:
+        return CachePolicy(self.cache_interval, self.cache_threshold)
+
+
+GROUPS = {"sampling": SamplingSettings, "windows": WindowSettings, "memory": MemorySettings, "speed": SpeedSettings}
 GROUP_OF_FIELD = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
 
 
 @dataclass(frozen=True, init=False)
 class GenerationSettings:
-    """All settings of one generation: `sampling`, `windows` and `memory` groups."""
+    """All settings of one generation: `sampling`, `windows`, `memory` and `speed` groups."""
 
     sampling: SamplingSettings
     windows: WindowSettings
     memory: MemorySettings
+    speed: SpeedSettings
 
     def __init__(self, sampling: SamplingSettings | None = None, windows: WindowSettings | None = None,
-                 memory: MemorySettings | None = None, **flat):
+                 memory: MemorySettings | None = None, speed: SpeedSettings | None = None, **flat):
         unknown = sorted(set(flat) - set(GROUP_OF_FIELD))
         if unknown:
             raise TypeError(f"GenerationSettings got unknown settings {unknown}; known: {', '.join(GROUP_OF_FIELD)}")
-        given = {"sampling": sampling, "windows": windows, "memory": memory}
+        given = {"sampling": sampling, "windows": windows, "memory": memory, "speed": speed}
         for group, cls in GROUPS.items():
             changes = {name: value for name, value in flat.items() if GROUP_OF_FIELD[name] == group}
             value = cls(**changes) if given[group] is None else dataclasses.replace(given[group], **changes)

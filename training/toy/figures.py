@@ -4,6 +4,8 @@ talking picture   ground-truth frames above the toy model's generated frames for
                   with held-out babble and a moving head, and the two mouth-opening curves below;
 training picture  per stage, the loss and the checkpoint figures (lip-sync r, PSNR gain over the
                   reference copy, centroid error) from the run's TensorBoard logs.
+dub picture       a toy dub (dub.py) before and after, pasted with each region: the original video, the
+                  lower-face and head pastes, and the truth speaking the new babble.
 """
 from __future__ import annotations
 
@@ -82,6 +84,29 @@ def talking_picture(models_dir: Path, out: Path, columns: int = 12, scale: int =
     return out
 
 
+def dub_picture(models_dir: Path, out: Path, columns: int = 6, side: int = 160) -> Path:
+    import tempfile
+
+    from .dub import REGIONS, SPEECH_A, SPEECH_B, toy_dub
+
+    with tempfile.TemporaryDirectory() as work:
+        dub = toy_dub(Path(work), models_dir)
+    rows = [(f"before: the video, speaking babble {SPEECH_A}", dub.originals)]
+    rows += [(f"after, --paste-region {region}: re-voiced with babble {SPEECH_B}", dub.pasted[region]) for region in REGIONS]
+    rows.append((f"truth: the same head speaking babble {SPEECH_B}", dub.truth.frames))
+    picks = np.linspace(0, len(dub.originals) - 1, columns + 2).round().astype(int)[1:-1]
+    band = side + 26
+    canvas = np.full((band * len(rows), side * columns, 3), 255, np.uint8)
+    for index, (title, frames) in enumerate(rows):
+        top = index * band
+        _label(canvas, title, (4, top + 18))
+        canvas[top + 26:top + band] = np.concatenate(
+            [cv2.resize(frames[i], (side, side), interpolation=cv2.INTER_AREA) for i in picks], axis=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    return out
+
+
 def scalars(log_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scalar tag of the TensorBoard event files under log_dir: tag -> (steps, values)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -135,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, help="a `toy train` run's OUT/work/runs (for the training picture)")
     parser.add_argument("--talking-out", type=Path, default=Path("docs/images/toy_talking.png"))
     parser.add_argument("--training-out", type=Path, default=Path("training/toy_training.png"))
+    parser.add_argument("--dub", action="store_true", help="draw the dub picture (with --models)")
+    parser.add_argument("--dub-out", type=Path, default=Path("docs/images/toy_dub_regions.png"))
     args = parser.parse_args(argv)
-    if args.models:
+    if args.dub and not args.models:
+        parser.error("--dub needs --models")
+    if args.models and args.dub:
+        print(f"wrote {dub_picture(args.models, args.dub_out)}")
+    elif args.models:
         print(f"wrote {talking_picture(args.models, args.talking_out)}")
     if args.runs:
         print(f"wrote {training_picture(args.runs, args.training_out)}")

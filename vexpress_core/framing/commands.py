@@ -140,6 +140,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
         check_output_path(mask_path)
     checked_model_folder(args.models, args.weights)
     device = cli.checked_device(args.device)
+    cli.check_weight_storage(args.weight_storage, device)
     region = resolved_paste_region(args.paste_region, dubbing=bool(args.dub))
     paste = PasteSettings(feather=args.feather, colour_match=args.color_match, region=region)
     margin = DEFAULT_MARGIN if args.face_margin is None else args.face_margin
@@ -169,7 +170,7 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     check_paste_mask_frame(args, len(framing.plan))
     run_device = torch.device(device)
     idle_device = torch.device("cpu") if args.low_vram else run_device
-    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device)
+    models = load_models(args.models, args.weights, resolved_dtype(args.dtype, device), idle_device, args.weight_storage)
 
     def using(names, working_memory=None):  # the CLI has the device to itself: nothing to make room for
         return placed(models, names, run_device, idle_device)

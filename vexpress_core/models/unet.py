@@ -14,6 +14,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
+from ..step_cache import CacheSlot
 from .attention import ReferenceKV, SpatialTransformer, VExpressTransformerBlock
 from .motion import MotionModule
 
@@ -211,6 +212,7 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         reference_weight: float = 1.0,
         audio_weight: float = 1.0,
         zero_context_videos: int = 0,
+        deep_cache: CacheSlot | None = None,
     ) -> torch.Tensor:
         """Predict the model output for video latents.
 
@@ -219,6 +221,8 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         `zero_context_videos` (Z): the first Z videos have all-zero reference features and audio tokens
         (CFG's unconditional branch); those are not passed (B' = B - Z) and the reference and audio
         attentions give them their exact zero-context output without running. Returns [B, C_out, F, h, w].
+        `deep_cache` (see step_cache.py): where the kept deep features may stand in for every block
+        between the first down block and the last up block, only those two run.
         """
         batch, _, num_frames, height, width = sample.shape
         conditional = batch - zero_context_videos
@@ -250,9 +254,19 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         factor = 2 ** (len(self.down_blocks) - 1)
         explicit_sizes = height % factor != 0 or width % factor != 0
 
+        if deep_cache is not None and len(self.down_blocks) < 2:
+            raise ValueError("the deep-feature cache needs a UNet with at least two down blocks")
+        last_up = len(self.up_blocks) - 1
         skips = [hidden]
         for index, stage in enumerate(self.down_blocks):
             hidden = self._stage_layers(stage, hidden, temb, context, f"down_blocks.{index}", collect=skips)
+            if index == 0 and deep_cache is not None:
+                shallow = hidden
+                deep = deep_cache.reusable(shallow)
+                if deep is not None:
+                    # The skips left are exactly the ones the last up block takes.
+                    hidden = self._stage_layers(self.up_blocks[last_up], deep, temb, context, f"up_blocks.{last_up}", skips=skips)
+                    return self._output(hidden, batch, num_frames)
             if hasattr(stage, "downsamplers"):
                 hidden = stage.downsamplers[0](hidden)
                 skips.append(hidden)
@@ -264,10 +278,15 @@ class VExpressUNet(ModelMixin, ConfigMixin):
         hidden = self._run(mid.resnets[1], hidden, temb, num_frames)
 
         for index, stage in enumerate(self.up_blocks):
+            if index == last_up and deep_cache is not None:
+                deep_cache.store(shallow, hidden)
             hidden = self._stage_layers(stage, hidden, temb, context, f"up_blocks.{index}", skips=skips)
             if hasattr(stage, "upsamplers"):
                 size = skips[-1].shape[-2:] if explicit_sizes else None
                 hidden = stage.upsamplers[0](hidden, size)
+        return self._output(hidden, batch, num_frames)
 
+    def _output(self, hidden: torch.Tensor, batch: int, num_frames: int) -> torch.Tensor:
+        """The last block's features (B*F, C, h, w) -> the prediction [B, C_out, F, h, w]."""
         hidden = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
         return hidden.reshape(batch, num_frames, *hidden.shape[1:]).permute(0, 2, 1, 3, 4)
