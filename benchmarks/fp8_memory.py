@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,13 @@ RESULT_TAG = "FP8_MEMORY_RESULT "
 # (weight storage, weight files); "dtype" keeps the weights in the compute dtype, fp16.
 RUNS = (("dtype", "bin"), ("fp8_e4m3", "safetensors"), ("dtype", "safetensors"), ("fp8_e4m3", "bin"))
 SHARED_FOLDERS = ("stable-diffusion-v1-5", "sd-vae-ft-mse", "wav2vec2-base-960h")
+
+
+def peak_resident_mib() -> float:
+    """This process's own high-water RSS (VmHWM: unlike getrusage's ru_maxrss, it does not inherit the
+    peak of the parent the worker was forked from, which made the SD1.5 model in memory)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def resident_mib() -> float:
@@ -83,7 +89,7 @@ def run_worker(args) -> None:
     result = measure(models, settings, args.seconds, args.storage)
     print(RESULT_TAG + json.dumps({
         "storage": args.storage, "format": args.format, "loaded_mib": loaded,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": peak_resident_mib(),
         "generation_peak_mib": result.peak_rss / 2**20, "per_frame": result.per_frame, "frames": result.frames,
     }), flush=True)
 
