@@ -7,6 +7,7 @@ without ComfyUI, describes itself in ComfyUI's /object_info shape (`object_info`
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -190,6 +191,18 @@ def _comfy_type(type_name: str, io):
     return builtin.get(type_name) or io.Custom(type_name)
 
 
+def bound_to_node(function: Callable, node: type[Node]) -> Callable:
+    """`function(node, ...)` whatever class ComfyUI calls it on (it calls validate_inputs on a locked
+    copy of the io.ComfyNode class, which has none of the node's own attributes), with `function`'s
+    signature: ComfyUI passes only the inputs the signature names."""
+    def call(cls, **inputs):
+        return function(node, **inputs)
+
+    call.__signature__ = inspect.signature(function)
+    call.__name__ = function.__name__
+    return call
+
+
 def comfy_node(node: type[Node], io) -> type:
     """`node` as an `io.ComfyNode` subclass of ComfyUI's `comfy_api.latest.io`."""
 
@@ -208,8 +221,7 @@ def comfy_node(node: type[Node], io) -> type:
         "define_schema": classmethod(define_schema), "execute": classmethod(execute),
     }
     if node.has_validation():
-        # ComfyUI passes validate_inputs only the inputs its signature names: keep the spec's own function.
-        attributes["validate_inputs"] = classmethod(vars(node)["validate_inputs"].__func__)
+        attributes["validate_inputs"] = classmethod(bound_to_node(vars(node)["validate_inputs"].__func__, node))
     if node.has_fingerprint():
-        attributes["fingerprint_inputs"] = classmethod(vars(node)["fingerprint_inputs"].__func__)
+        attributes["fingerprint_inputs"] = classmethod(bound_to_node(vars(node)["fingerprint_inputs"].__func__, node))
     return type(node.node_id(), (io.ComfyNode,), attributes)

@@ -214,6 +214,17 @@ def test_comfy_node_renders_every_field(node_id):
             assert hook not in vars(rendered)
 
 
+@pytest.mark.parametrize("node_id", ["VExpressLoadReference", "VExpressFaceCrop"])
+def test_rendered_validation_answers_as_the_node_on_comfyuis_copy_of_the_class(node_id):
+    """ComfyUI calls validate_inputs on a locked copy of the rendered class, which has none of the
+    node's attributes; these nodes' checks read their own input specs (found in a real ComfyUI)."""
+    node = BY_ID[node_id]
+    locked = type(f"Locked{node_id}", (schema.comfy_node(node, FakeIo()),), {})
+    assert locked.validate_inputs(width=512, height=512) is True
+    refused = locked.validate_inputs(width=100, height=512)
+    assert refused == node.validate_inputs(width=100, height=512) and "width must be a multiple of 8" in refused
+
+
 def test_comfy_entrypoint_lists_every_node(monkeypatch):
     io = FakeIo()
 

@@ -47,6 +47,7 @@ from .config_checks import (
     network_on_meta,
     read_config,
 )
+from .host_memory import release_freed_host_memory
 from .model_files import CheckpointError, check_files, safetensors_shapes
 from .models import (
     REFERENCE_NET_ABSENT_KEYS,
@@ -256,6 +257,8 @@ def assign_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], so
             if key in stored:
                 converted[key], scale = quantised(tensor.to(device))
                 scales[key] = scale
+                del tensor
+                release_freed_host_memory()  # the file's and full-precision copies, tensor by tensor
                 continue
             # Position codes stay fp32 whatever the file holds, as the published buffers are.
             target = torch.float32 if key.endswith(POSITION_CODE_SUFFIX) else dtype
@@ -361,8 +364,10 @@ def load_vexpress_networks(paths: ModelPaths, dtype: torch.dtype = torch.float32
     reference = assign_weights(reference, reference_state, str(paths.weights["reference_net"]), dtype, device,
                                ignored=REFERENCE_NET_ABSENT_KEYS, built_from=paths.unet_config, storage=storage)
     del reference_state
+    release_freed_host_memory()
     unet = assign_weights(unet, unet_state, unet_label, dtype, device, built_from=paths.unet_config, storage=storage)
     del unet_state
+    release_freed_host_memory()
     guider = assign_weights(guider, guider_state, str(paths.weights["v_kps_guider"]), dtype, device)
     projection = assign_weights(projection, projection_state, str(paths.weights["audio_projection"]), dtype, device)
     return reference, unet, guider, projection

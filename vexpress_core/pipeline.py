@@ -17,6 +17,7 @@ from PIL import Image
 from .audio import SAMPLE_RATE, audio_windows_from_sequence, encode_audio, frame_count, padded_audio_sequence, validate_waveform
 from .checkpoint import VExpressModels
 from .frame_cache import DEFAULT_BUDGET_MB, FrameCache
+from .host_memory import release_freed_host_memory
 from .keypoints import KeypointTrack, draw_track
 from .models import reference_features
 from .sampling import (Cancelled, CompiledWithFallback, Conditions, GuidedDenoiser, Progress, Shard, accumulation_dtype,
@@ -81,6 +82,7 @@ def encode_speech(models: VExpressModels, waveform_16k: np.ndarray, fps: float, 
     if num_frames < 1:
         raise ValueError(f"{name} is {len(waveform) / SAMPLE_RATE:.3f} s long: shorter than one frame at {fps} fps")
     hidden = encode_audio(waveform, models.feature_extractor, models.audio_encoder)
+    release_freed_host_memory()
     return Speech(waveform, hidden, num_frames, fps)
 
 
@@ -292,11 +294,14 @@ def denoise(models: VExpressModels, reference: Reference, speech: Speech, track:
     # Processes sizing window_batch="auto" by their own free memory would cut the windows into batches
     # differently and skip or repeat windows: all take the smallest.
     window_batch = shard.smallest(resolved_window_batch(settings, models, num_frames))
-    return sample(
+    final = sample(
         denoiser, latents, make_scheduler(settings.scheduler), settings.steps,
         context_frames=settings.context_frames, context_overlap=settings.context_overlap, blend=settings.blend,
         window_batch=window_batch, generator=generator, eta=settings.eta, callback=callback, cancel=cancel, shard=shard,
     )
+    del denoiser, conditions, audio_tokens, kps_features
+    release_freed_host_memory()
+    return final
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
+from .host_memory import release_freed_host_memory
 from .registry import Registry
 from .step_cache import CachePolicy, DeepFeatureCache
 
@@ -258,6 +259,8 @@ class GuidedDenoiser:
         if guided:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
+        if batch.device.type == "cpu":
+            release_freed_host_memory()  # a UNet call's temporaries, left in glibc's heap
         return prediction.to(latents.device)
 
 

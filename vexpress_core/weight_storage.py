@@ -67,7 +67,9 @@ class Float8Weight(nn.Module):
         self.dtype = dtype
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        return (stored.to(self.scale.dtype) * self.scale).to(self.dtype)
+        # In the compute dtype, in place: every e4m3 value is exact in fp16 and bf16, and each layer
+        # call then makes one temporary of its weight's size (a float32 one would be twice that).
+        return stored.to(self.dtype, copy=True).mul_(self.scale.to(self.dtype))
 
 
 def quantised(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
