@@ -254,6 +254,22 @@ def test_fp8_outputs_stay_close_to_the_unquantised_model(fixture_models, fixture
     assert relative(fixture_prediction(fp8, reference_io)) < 0.25 * relative(fixture_prediction(plain, reference_io, 0.0))
 
 
+def test_fp8_networks_hand_freed_host_memory_back_after_each_part_of_a_block(fixture_models, fixture_dir, monkeypatch):
+    """Each fp8 layer call leaves an expanded weight behind in glibc's heap: on the CPU the fp8
+    networks return it after every ResNet, transformer, motion module and sampler of their blocks."""
+    plain, fp8 = fixture_models
+    released = []
+    monkeypatch.setattr(weight_storage, "release_freed_host_memory", lambda: released.append(True))
+    parts = [m for m in fp8.denoising_unet.modules() if m._forward_hooks]
+    assert {type(m).__name__ for m in parts} >= {"FrameResnetBlock", "SpatialTransformer", "MotionModule", "Downsample2D"}
+    reference_io = torch.load(fixture_dir / "reference_io.pt", weights_only=True)
+    fixture_prediction(fp8, reference_io)
+    assert len(released) >= len(parts)
+    released.clear()
+    fixture_prediction(plain, reference_io)
+    assert not released and not any(m._forward_hooks for m in plain.denoising_unet.modules())
+
+
 def test_fp8_loads_the_same_from_streamed_safetensors(tiny_model_dir, tmp_path):
     copy = tmp_path / "safetensors"
     shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("v-express"))

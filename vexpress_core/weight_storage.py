@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .host_memory import release_freed_host_memory
 from .registry import Registry
 
 FLOAT8 = getattr(torch, "float8_e4m3fn", None)
@@ -96,6 +97,25 @@ def attach_scales(model: nn.Module, scales: Mapping[str, torch.Tensor], dtype: t
     for key, scale in scales.items():
         module = model.get_submodule(key.rsplit(".", 1)[0])
         parametrize.register_parametrization(module, "weight", Float8Weight(scale, dtype), unsafe=True)
+    return releasing_host_memory_per_block(model) if scales else model
+
+
+def _release_on_host(module: nn.Module, inputs, output) -> None:
+    weight = next(module.parameters(), None)
+    if weight is not None and weight.device.type == "cpu":
+        release_freed_host_memory()
+
+
+def releasing_host_memory_per_block(model: nn.Module) -> nn.Module:
+    """Hands freed host memory back after each part (ResNet, transformer, motion module, sampler) of
+    every UNet block that runs on the CPU. Each float8 layer call expands its weight into a
+    temporary; glibc's heap keeps a whole UNet call's worth of them resident otherwise (SD1.5 sizes
+    at 128x128: a peak of 3495 MiB instead of 3159, for about 10% more time on the CPU)."""
+    blocks = [*getattr(model, "down_blocks", ()), getattr(model, "mid_block", None), *getattr(model, "up_blocks", ())]
+    for block in filter(None, blocks):
+        for part in block.children():
+            for module in part if isinstance(part, nn.ModuleList) else (part,):
+                module.register_forward_hook(_release_on_host)
     return model
 
 
