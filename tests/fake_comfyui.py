@@ -141,9 +141,12 @@ class FakeModelManagement(types.ModuleType):
 
 
 class FakeUtils(types.ModuleType):
+    """comfy.utils whose ProgressBar records its state after every update (`updates`: current, total,
+    clamped as ComfyUI's is) and every update_absolute call as made (`calls`: value, total, preview)."""
+
     def __init__(self):
         super().__init__("comfy.utils")
-        self.updates = []
+        self.updates, self.calls = [], []
         outer = self
 
         class ProgressBar:
@@ -151,6 +154,7 @@ class FakeUtils(types.ModuleType):
                 self.total, self.current = total, 0
 
             def update_absolute(self, value, total=None, preview=None):
+                outer.calls.append((value, total, preview))
                 if total is not None:
                     self.total = total
                 self.current = min(value, self.total)

@@ -4,7 +4,6 @@ updates carry preview pictures, which never change the video."""
 from __future__ import annotations
 
 import functools
-import types
 
 import numpy as np
 
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from comfyui_like import NODES, REPO
+from fake_comfyui import FakeUtils
 from vexpress_core.download import DownloadCancelled, ensure_model
 from vexpress_core.tiny import make_tiny_models
 
@@ -21,24 +21,6 @@ from test_download import FakeHub, published_repo
 fetch, runtime = NODES.fetch, NODES.runtime
 BY_ID = NODES.nodes_by_id()
 SAMPLER_ARGS = dict(steps=2, cfg=1.0, reference_weight=0.95, audio_weight=3.0, scheduler="ddim", seed=7, deflicker=False)
-
-
-class RecordingUtils(types.ModuleType):
-    """comfy.utils with a ProgressBar recording every update_absolute(value, total, preview)."""
-
-    def __init__(self):
-        super().__init__("comfy.utils")
-        self.updates = []
-        outer = self
-
-        class ProgressBar:
-            def __init__(self, total, node_id=None):
-                self.total = total
-
-            def update_absolute(self, value, total=None, preview=None):
-                outer.updates.append((value, total, preview))
-
-        self.ProgressBar = ProgressBar
 
 
 @pytest.fixture
@@ -88,14 +70,14 @@ def test_the_loader_offers_the_known_model_before_it_exists(empty_root):
 
 
 def test_picking_the_absent_model_downloads_it_with_byte_progress(empty_root, repo, monkeypatch):
-    utils = RecordingUtils()
+    utils = FakeUtils()
     monkeypatch.setattr(runtime, "comfy_utils", utils)
     monkeypatch.setattr(fetch, "ensure_model", functools.partial(ensure_model, hub=FakeHub(repo, delay=0.05)))
     path = fetch.model_folder("V-Express")
     assert path == empty_root / "V-Express" and (path / "v-express" / "reference_net.bin").is_file()
-    totals = {total for _, total, _ in utils.updates}
+    totals = {total for _, total, _ in utils.calls}
     assert len(totals) == 1 and totals.pop() > 10_000_000  # bytes, not files
-    assert utils.updates[-1][0] == utils.updates[-1][1]
+    assert utils.calls[-1][0] == utils.calls[-1][1]
 
 
 def test_cancel_during_the_download_leaves_no_model(empty_root, repo, monkeypatch):
@@ -121,11 +103,11 @@ def test_sampler_progress_carries_previews_that_do_not_change_the_video(prepared
     sampler = BY_ID["VExpressSampler"]
     results = {}
     for previews in (True, False):
-        utils = RecordingUtils()
+        utils = FakeUtils()
         monkeypatch.setattr(runtime, "comfy_utils", utils)
         images, _, _ = sampler.run(models=models, reference=reference, speech=speech, kps=kps, **SAMPLER_ARGS,
                                    window_options=window, previews=previews)
-        results[previews] = (images, [preview for _, _, preview in utils.updates if preview is not None])
+        results[previews] = (images, [preview for _, _, preview in utils.calls if preview is not None])
     assert torch.equal(results[True][0], results[False][0])
     assert results[False][1] == []
     kind, picture, max_side = results[True][1][0]
