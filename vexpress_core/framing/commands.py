@@ -72,12 +72,8 @@ def check_framing_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--face-margin must be between 0 and 3, got {args.face_margin}")
 
 
-def check_reference_frame(reference_frame: int | None, video: str) -> None:
-    """--reference-frame within the video's frames, when the video says how many it has (reading
-    its header also checks that it is a readable video)."""
-    from ..video import video_fps_and_length
-
-    _, length = video_fps_and_length(video)
+def check_reference_frame(reference_frame: int | None, video: str, length: int | None) -> None:
+    """--reference-frame within the video's `length` frames, when the video says how many it has."""
     if reference_frame is not None and not 0 <= reference_frame < (length or reference_frame + 1):
         raise ValueError(f"reference frame {reference_frame} is out of range: video {video} has {length} frames "
                          "(--reference-frame counts from 0)")
@@ -123,8 +119,8 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     from ..video import check_output_path, video_fps_and_length
     from .modes import frame_photo, frame_video, full_frame_video_phase
 
-    # Everything that can be checked cheaply is, before any detection, decoding or model loading.
-    check_framing_args(args)
+    # Everything that can be checked cheaply is, before any detection, decoding or model loading
+    # (check_framing_args: by run_generate, the one caller).
     settings = cli.settings_from(args)
     cli.check_track_options(args)
     out = check_output_path(args.out)
@@ -132,7 +128,9 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     if plan_path is not None:
         check_output_path(plan_path)
     if args.dub:
-        check_paste_mask_frame(args, video_fps_and_length(args.dub)[1], f"video {args.dub}")
+        _, dub_length = video_fps_and_length(args.dub)  # reading its header also checks that it is a readable video
+        check_reference_frame(args.reference_frame, args.dub, dub_length)
+        check_paste_mask_frame(args, dub_length, f"video {args.dub}")
     else:
         check_paste_mask_frame(args, 1, "the photo")
     mask_path = paste_mask_path(args, out)
@@ -145,8 +143,6 @@ def run_full_frame(args: argparse.Namespace) -> Path:
     paste = PasteSettings(feather=args.feather, colour_match=args.color_match, region=region)
     margin = DEFAULT_MARGIN if args.face_margin is None else args.face_margin
     width, height = settings.width, settings.height
-    if args.dub:
-        check_reference_frame(args.reference_frame, args.dub)
     if args.driving_video:
         video_fps_and_length(args.driving_video)
     driving = driving_track(args.kps, args.kps_fps) if args.kps else None
