@@ -225,13 +225,19 @@ def encode_audio(
     """
     values = normalised_input(waveform_16k, feature_extractor)
     chunks = encoder_chunks(values.numel(), encoder.config, chunk_seconds, overlap_seconds)
-    pieces = []
+    # Filled in place, chunk by chunk: gathering the chunks and concatenating them would hold the
+    # whole clip's vectors twice (1.1 GB for an hour of speech).
+    encoded = torch.empty(1, hidden_length(values.numel(), encoder.config), encoder.config.hidden_size)
+    row = 0
     with torch.inference_mode(), _clip_wide_first_norm(encoder, values, enabled=len(chunks) > 1):
         for chunk in chunks:
             window = values[chunk.sample_start : chunk.sample_stop]
             hidden = encoder(window[None].to(encoder.device, encoder.dtype)).last_hidden_state
-            pieces.append(hidden[0, chunk.keep_start : chunk.keep_stop].float().cpu())
-    return torch.cat(pieces)[None]
+            kept = hidden[0, chunk.keep_start : chunk.keep_stop]
+            encoded[0, row : row + len(kept)] = kept
+            row += len(kept)
+            del hidden, kept
+    return encoded
 
 
 @contextmanager
