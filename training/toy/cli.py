@@ -1,4 +1,5 @@
-"""`python training toy {render,train,eval}`: render a toy clip, train the toy V-Express from nothing, score a model."""
+"""`python training toy {render,vae,train,eval,figures}`: render a toy clip, fit the toy VAE, train the toy V-Express
+from nothing, score a model, draw its figures."""
 from __future__ import annotations
 
 import argparse
@@ -82,13 +83,19 @@ def train_command(argv: list[str]) -> int:
     return recipe_main(argv)
 
 
+def vae_command(argv: list[str]) -> int:
+    from .model import vae_main
+
+    return vae_main(argv)
+
+
 def figures_command(argv: list[str]) -> int:
     from .figures import main as figures_main
 
     return figures_main(argv)
 
 
-COMMANDS = {"render": render_command, "train": train_command, "eval": eval_command, "figures": figures_command}
+COMMANDS = {"render": render_command, "vae": vae_command, "train": train_command, "eval": eval_command, "figures": figures_command}
 
 
 def main(argv: list[str] | None = None) -> int:

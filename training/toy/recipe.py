@@ -1,7 +1,8 @@
 """`python training toy train OUT`: the toy V-Express from nothing, as a user would train one.
 
 1. render training clips (identities and babble seeds below 1000, still and moving heads) as mp4s;
-2. fit the VAE to toy frames and write the model folder's configs, VAE and frozen wav2vec2;
+2. fit the VAE to toy frames (or take one fitted by `python training toy vae`, --vae) and write the model
+   folder's configs, VAE and frozen wav2vec2;
 3. `training prepare` the clips (the pack's face detector finds the landmarks);
 4. `training train` stages 1, 2 and 3 (conditional dropout as configured in training/configs/toy_stage_*.yaml);
 5. write OUT/model: the published layout, the five networks as fp16 safetensors;
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 
 from vexpress_core.video import write_mp4
 
@@ -36,6 +38,18 @@ class Recipe:
     seed: int = 0
     size: int = 64
     fps: float = 25.0
+
+
+def model_vae(fitted: Path | None, recipe: Recipe, started: float) -> AutoencoderKL:
+    """The VAE fitted by `toy vae` when given, else one fitted here in `recipe.vae_steps` steps."""
+    if fitted is not None:
+        vae = AutoencoderKL.from_pretrained(fitted)
+        step_log(f"VAE from {fitted} (scaling factor {vae.config.scaling_factor:.4f})", started)
+        return vae
+    vae = toy_vae()
+    figures = fit_vae(vae, recipe.vae_steps, recipe.size, recipe.seed, log=lambda m: step_log(m, started))
+    step_log(f"VAE fitted: held-out reconstruction {figures['psnr']:.2f} dB, scaling factor {figures['scaling_factor']:.4f}", started)
+    return vae
 
 
 def render_training_videos(out: Path, recipe: Recipe) -> Path:
@@ -125,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python training toy train", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder: work/ (data, runs, logs) and model/ (the toy V-Express)")
     parser.add_argument("--clips", type=int, default=Recipe.clips, help="training clips (identities 0..clips-1)")
+    parser.add_argument("--vae", type=Path, help="a VAE fitted beforehand by `python training toy vae DIR` (default: "
+                                                 "fit one here, --vae-steps steps at batch 16)")
     parser.add_argument("--vae-steps", type=int, default=Recipe.vae_steps)
     parser.add_argument("--stage-steps", type=int, nargs=3, default=Recipe.stage_steps, metavar=("S1", "S2", "S3"))
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     args = parser.parse_args(argv)
+    if args.vae is not None and not (args.vae / "config.json").is_file():
+        parser.error(f"--vae {args.vae}: expected a folder written by `python training toy vae` (no config.json there)")
     recipe = Recipe(clips=args.clips, vae_steps=args.vae_steps, stage_steps=tuple(args.stage_steps), seed=args.seed)
     from torch.utils.tensorboard import SummaryWriter
 
@@ -139,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     step_log(f"rendered {recipe.clips} clips of {recipe.clip_seconds:g} s", started)
     base = work / "base_model"
     if not (base / "sd-vae-ft-mse" / "config.json").is_file():
-        vae = toy_vae()
-        figures = fit_vae(vae, recipe.vae_steps, recipe.size, recipe.seed, log=lambda m: step_log(m, started))
-        step_log(f"VAE fitted: held-out reconstruction {figures['psnr']:.2f} dB, scaling factor {figures['scaling_factor']:.4f}", started)
-        write_model_base(base, vae, recipe.seed)
+        write_model_base(base, model_vae(args.vae, recipe, started), recipe.seed)
     data = prepared_data(videos, work / "data", base, recipe.size)
     step_log("prepared the clips", started)
     writer = SummaryWriter(str(work / "runs" / "logs" / "eval"))
