@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=Recipe.clips, help="training clips (identities 0..clips-1)")
     parser.add_argument("--vae", type=Path, help="a VAE fitted beforehand by `python training toy vae DIR` (default: "
                                                  "fit one here, --vae-steps steps at batch 16)")
-    parser.add_argument("--vae-steps", type=int, default=Recipe.vae_steps)
+    parser.add_argument("--vae-steps", type=int, default=Recipe.vae_steps, help="steps of the VAE fitted here (without --vae)")
     parser.add_argument("--stage-steps", type=int, nargs=3, default=Recipe.stage_steps, metavar=("S1", "S2", "S3"))
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     args = parser.parse_args(argv)
