@@ -47,6 +47,7 @@ def test_toy_train_takes_the_fitted_vae_as_it_is(fitted):
 
 @pytest.mark.parametrize("command, message", [
     (["vae", "{out}", "--steps", "0"], "--steps and --batch must be positive"),
+    (["vae", "{out}", "--size", "66"], "--size must be a multiple of 4"),
     (["train", "{out}", "--vae", "{missing}"], "no config.json there"),
 ])
 def test_bad_arguments_stop_before_anything_is_written(tmp_path, command, message):
